@@ -1,0 +1,142 @@
+"""A registry of models by name (timm style): `build_model("convnet", num_classes=10, ...)`."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+from torchvision import models as tvm
+from torchvision.models.resnet import BasicBlock
+
+from teddy.errors import TeddyError
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        MODELS[name] = fn
+        return fn
+    return wrap
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
+    if name not in MODELS:
+        raise TeddyError(f"unknown architecture '{name}'; registered: {sorted(MODELS)}")
+    try:
+        return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    except TypeError as exc:
+        raise TeddyError(f"bad options for architecture '{name}': {exc}") from None
+
+
+class ConvNet(nn.Module):
+    """The ConvNet-D of the classic distillation tables: D x [conv3x3(width), norm, ReLU, avgpool2],
+    then a linear classifier. BatchNorm by default so BN-statistics matching applies."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int, depth: int = 3, width: int = 128,
+                 norm: str = "batch"):
+        super().__init__()
+        layers, channels, size = [], in_channels, image_size
+        for _ in range(depth):
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=norm != "batch")]
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(width))
+            elif norm != "none":
+                raise TeddyError(f"convnet norm must be 'batch' or 'none', got '{norm}'")
+            layers += [nn.ReLU(inplace=True), nn.AvgPool2d(2)]
+            channels, size = width, size // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width * size * size, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+@register("convnet")
+def convnet(num_classes, in_channels, image_size, depth=3, width=128, norm="batch"):
+    return ConvNet(num_classes, in_channels, image_size, depth=depth, width=width, norm=norm)
+
+
+def _small_input_stem(model: nn.Module, in_channels: int, width: int) -> nn.Module:
+    """3x3 stride-1 first conv and no max-pool: the CIFAR/Tiny-ImageNet adaptation."""
+    model.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class SmallResNet(tvm.ResNet):
+    """torchvision's ResNet with BasicBlocks, a small-input stem and a configurable base width."""
+
+    def __init__(self, layers, num_classes, in_channels, width=64):
+        super().__init__(BasicBlock, layers, num_classes=num_classes)
+        if width != 64:  # rebuild the stages at the narrower width
+            self.inplanes = width
+            self.bn1 = nn.BatchNorm2d(width)
+            self.layer1 = self._make_layer(BasicBlock, width, layers[0])
+            self.layer2 = self._make_layer(BasicBlock, width * 2, layers[1], stride=2)
+            self.layer3 = self._make_layer(BasicBlock, width * 4, layers[2], stride=2)
+            self.layer4 = self._make_layer(BasicBlock, width * 8, layers[3], stride=2)
+            self.fc = nn.Linear(width * 8, num_classes)
+        _small_input_stem(self, in_channels, width)
+
+
+@register("resnet18_small")
+def resnet18_small(num_classes, in_channels, image_size):
+    """ResNet-18 for 28-64 pixel inputs (the Tiny-ImageNet base model of SRe2L/Teddy)."""
+    return SmallResNet([2, 2, 2, 2], num_classes, in_channels)
+
+
+@register("resnet10_w16")
+def resnet10_w16(num_classes, in_channels, image_size):
+    """A ResNet-10 (one BasicBlock per stage) at a quarter of ResNet-18's width (16..128
+    channels), small-input stem. Sized to train in seconds on 2 CPU cores."""
+    return SmallResNet([1, 1, 1, 1], num_classes, in_channels, width=16)
+
+
+def _torchvision(ctor, num_classes, in_channels):
+    model = ctor(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        if hasattr(model, "conv1"):
+            old = model.conv1
+            model.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        else:  # mobilenet_v2
+            old = model.features[0][0]
+            model.features[0][0] = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride,
+                                             old.padding, bias=False)
+    return model
+
+
+@register("resnet18")
+def resnet18(num_classes, in_channels, image_size):
+    return _torchvision(tvm.resnet18, num_classes, in_channels)
+
+
+@register("resnet50")
+def resnet50(num_classes, in_channels, image_size):
+    return _torchvision(tvm.resnet50, num_classes, in_channels)
+
+
+@register("resnet101")
+def resnet101(num_classes, in_channels, image_size):
+    return _torchvision(tvm.resnet101, num_classes, in_channels)
+
+
+@register("mobilenet_v2")
+def mobilenet_v2(num_classes, in_channels, image_size):
+    return _torchvision(tvm.mobilenet_v2, num_classes, in_channels)
+
+
+def model_from_spec(spec: dict, info) -> nn.Module:
+    """Build from a config entry {arch: name, options...} and a DatasetInfo."""
+    spec = dict(spec)
+    name = spec.pop("arch")
+    return build_model(name, num_classes=info.num_classes, in_channels=info.channels,
+                       image_size=info.image_size, **spec)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

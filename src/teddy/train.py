@@ -1,0 +1,206 @@
+"""The one supervised training loop: base training, pool fine-tuning, ceilings and students.
+
+Hard labels, or knowledge distillation from a teacher (KL between temperature-softened
+outputs). Checkpoints are written atomically and a rerun resumes from the last one with the
+same optimiser, schedule and RNG state, so an interrupted run ends with the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from teddy.data import augment, batches
+from teddy.errors import TeddyError
+from teddy.io import load_torch, save_torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TeddyError(f"device '{name}' requested (config key device) but CUDA is not available")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when asked; a no-op on CPU so CPU runs stay exact."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher/T || student/T) * T^2 (Hinton et al.), batch-mean."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def make_optimizer(params, recipe: dict) -> torch.optim.Optimizer:
+    name = recipe.get("optimizer", "sgd")
+    lr, wd = float(recipe["lr"]), float(recipe.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(recipe.get("momentum", 0.9)), weight_decay=wd,
+                               nesterov=bool(recipe.get("nesterov", False)))
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(recipe.get("betas", (0.9, 0.999))), weight_decay=wd)
+    raise TeddyError(f"unknown optimizer '{name}' (recipe key optimizer)")
+
+
+def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int = 0):
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 1000,
+                      amp: bool = False) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in batches(dataset, batch_size, False, None, device):
+        with autocast_for(device, amp):
+            correct += (model(x).argmax(1) == y).sum().item()
+        total += y.numel()
+    return correct / max(1, total)
+
+
+def _load_checkpoint(path: Path):
+    """The newest readable checkpoint of `path` or its previous copy; None to start clean."""
+    for candidate in (path, path.with_suffix(path.suffix + ".prev")):
+        if candidate.exists():
+            try:
+                return load_torch(candidate, what="training checkpoint")
+            except TeddyError as exc:
+                print(f"warning: {exc}; trying an older checkpoint", file=sys.stderr)
+    return None
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    if path.exists():  # keep the previous one until the new one is safely on disk
+        os.replace(path, path.with_suffix(path.suffix + ".prev"))
+    save_torch(state, path)
+
+
+def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: int = 0, *,
+                teacher: nn.Module | None = None, eval_set=None,
+                on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
+                checkpoint_path: str | os.PathLike | None = None, desc: str = "train") -> list[dict]:
+    """Train `model` on `train_set` following `recipe` and return per-epoch metrics.
+
+    recipe keys: epochs, batch_size, optimizer (sgd|adam|adamw), lr, momentum, weight_decay,
+    warmup_epochs, augment ({} for none), temperature (KD), hard_label_weight (KD + CE mix),
+    amp, checkpoint_every (epochs), eval_every (epochs).
+    """
+    epochs, batch_size = int(recipe["epochs"]), int(recipe["batch_size"])
+    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    model.to(device)
+    if recipe.get("channels_last") and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model.parameters(), recipe)
+    scheduler = cosine_with_warmup(optimizer, epochs * steps_per_epoch,
+                                   int(recipe.get("warmup_epochs", 0)) * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    aug_cfg = recipe.get("augment") or {}
+    temperature = float(recipe.get("temperature", 4.0))
+    hard_weight = float(recipe.get("hard_label_weight", 0.0 if teacher is not None else 1.0))
+    amp = bool(recipe.get("amp", False))
+    if teacher is not None:
+        teacher.to(device).eval()
+    history, start_epoch = [], 0
+
+    ckpt_path = Path(checkpoint_path) if checkpoint_path else None
+    if ckpt_path is not None:
+        state = _load_checkpoint(ckpt_path)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            history, start_epoch = state["history"], state["epoch"]
+            print(f"resuming {desc} from {ckpt_path} at epoch {start_epoch}/{epochs}", file=sys.stderr)
+    every = int(recipe.get("checkpoint_every", max(1, epochs // 10)))
+    eval_every = int(recipe.get("eval_every", 0))
+
+    bar = tqdm(range(start_epoch, epochs), desc=desc, file=sys.stderr, mininterval=5, disable=None,
+               initial=start_epoch, total=epochs)
+    for epoch in bar:
+        model.train()
+        total_loss, seen = 0.0, 0
+        for step, (x, y) in enumerate(batches(train_set, batch_size, True, generator, device)):
+            if aug_cfg:
+                x = augment(x, aug_cfg, generator)
+            if recipe.get("channels_last") and device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device, amp):
+                logits = model(x)
+                loss = hard_weight * F.cross_entropy(logits, y) if hard_weight else 0.0
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+                    loss = loss + kd_loss(logits.float(), teacher_logits.float(), temperature)
+            if not torch.isfinite(loss):
+                raise TeddyError(f"{desc}: non-finite loss at epoch {epoch + 1}, step {step + 1}; "
+                                 f"last good checkpoint kept at {ckpt_path}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * y.numel()
+            seen += y.numel()
+        metrics = {"epoch": epoch + 1, "loss": total_loss / max(1, seen), "lr": scheduler.get_last_lr()[0]}
+        if eval_set is not None and eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+            metrics["eval_accuracy"] = evaluate_accuracy(model, eval_set, device, amp=amp)
+        history.append(metrics)
+        bar.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "epoch"})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model, metrics)
+        if ckpt_path is not None and ((epoch + 1) % every == 0 and epoch + 1 < epochs):
+            _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                                         "torch_rng": torch.get_rng_state(), "history": history,
+                                         "epoch": epoch + 1})
+    return history
+
+
+def remove_checkpoint(checkpoint_path) -> None:
+    """Called once a stage's final outputs are written."""
+    if checkpoint_path:
+        for p in (Path(checkpoint_path), Path(str(checkpoint_path) + ".prev")):
+            p.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, dataset, device: torch.device, batches_to_use: int = 20,
+                   batch_size: int = 256, seed: int = 0) -> None:
+    """Reset BatchNorm running statistics and re-estimate them on real data (cumulative average)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.to(device).train()
+    generator = torch.Generator().manual_seed(seed)
+    for i, (x, _) in enumerate(batches(dataset, batch_size, True, generator, device)):
+        if i >= batches_to_use:
+            break
+        model(x)
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()

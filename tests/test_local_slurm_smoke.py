@@ -1,0 +1,158 @@
+"""Smoke test: the SLURM workflow profile drives a real (local) SLURM.
+
+Starts a private one-node cluster (tests/local_slurm.py), runs a three-rule
+toy workflow through ``workflow/profiles/slurm`` and checks that every job
+was a SLURM job, the GPU rule with a GPU allocated. Skips with the reason
+when SLURM is not installed here (see tests/install_slurm.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_slurm import SlurmUnavailable, local_slurm_cluster  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "workflow" / "profiles" / "slurm"
+
+TOY_SNAKEFILE = textwrap.dedent(
+    """
+    rule all:
+        input:
+            "results/summary.txt",
+
+    rule gpu_step:
+        output:
+            "results/gpu.txt",
+        log:
+            "logs/gpu_step.log",
+        resources:
+            gpu=1,
+        shell:
+            "(echo job=$SLURM_JOB_ID; echo gpus=${{CUDA_VISIBLE_DEVICES:-none}})"
+            " > {output} 2> {log}"
+
+    rule cpu_step:
+        output:
+            "results/cpu.txt",
+        log:
+            "logs/cpu_step.log",
+        shell:
+            "echo job=$SLURM_JOB_ID > {output} 2> {log}"
+
+    rule combine:
+        input:
+            "results/gpu.txt",
+            "results/cpu.txt",
+        output:
+            "results/summary.txt",
+        log:
+            "logs/combine.log",
+        shell:
+            "(cat {input}; echo job=$SLURM_JOB_ID) > {output} 2> {log}"
+    """
+)
+
+
+def _clean_env(extra: dict) -> dict:
+    """os.environ without any outer SLURM job's variables, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "SBATCH_", "SALLOC_", "SRUN_"))
+    }
+    # jobs re-run snakemake inside the allocation: keep this venv first
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    """Start the local cluster once for this module; yield the client env."""
+    workdir = tmp_path_factory.mktemp("slurm")
+    try:
+        cm = local_slurm_cluster(workdir)
+        extra = cm.__enter__()
+    except SlurmUnavailable as exc:
+        pytest.skip(f"local SLURM unavailable: {exc}")
+    try:
+        yield _clean_env(extra)
+    finally:
+        cm.__exit__(None, None, None)
+
+
+def _job_ids(path: Path) -> list:
+    return re.findall(r"^job=(\d+)$", path.read_text(), flags=re.M)
+
+
+def test_profile_runs_jobs_through_slurm(slurm_env, tmp_path):
+    (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE)
+    snakemake = Path(sys.executable).parent / "snakemake"
+    cmd = [
+        str(snakemake if snakemake.exists() else shutil.which("snakemake")),
+        "--workflow-profile",
+        str(PROFILE),
+        "--snakefile",
+        str(tmp_path / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        # the profile's 40 s first status check is for real clusters;
+        # 1 s keeps this test short (MinJobAge=300 >= 3 x 1 s).
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--latency-wait",
+        "5",
+    ]
+    try:
+        res = subprocess.run(
+            cmd,
+            env=slurm_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"snakemake on SLURM timed out after 300 s:\n{exc.stderr}")
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-6000:]
+
+    results = tmp_path / "results"
+    for name in ("gpu.txt", "cpu.txt", "summary.txt"):
+        assert (results / name).is_file(), f"missing {name}\n{log[-4000:]}"
+
+    # Every rule ran inside a SLURM job, each its own job.
+    gpu_ids = _job_ids(results / "gpu.txt")
+    cpu_ids = _job_ids(results / "cpu.txt")
+    all_ids = _job_ids(results / "summary.txt")
+    assert len(gpu_ids) == 1 and len(cpu_ids) == 1, log[-4000:]
+    assert len(all_ids) == 3 and len(set(all_ids)) == 3, all_ids
+
+    # The plugin kept its per-job SLURM logs (profile: keep successful logs).
+    slurm_logs = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert len(slurm_logs) >= 3, slurm_logs
+
+    # The controller (MinJobAge=300 keeps finished jobs) saw the GPU job
+    # complete with one GPU allocated.
+    show = subprocess.run(
+        ["scontrol", "show", "job", gpu_ids[0]],
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert show.returncode == 0, show.stderr
+    assert "JobState=COMPLETED" in show.stdout, show.stdout
+    assert re.search(r"gres/gpu=1\b", show.stdout), show.stdout

@@ -1,0 +1,52 @@
+# Config checks, paths and target functions shared by every stage.
+from snakemake.exceptions import WorkflowError
+
+from teddy.config import check_config
+from teddy.errors import TeddyError
+from teddy.pool import member_names
+
+try:
+    check_config(config)
+except TeddyError as exc:
+    raise WorkflowError(f"bad config: {exc}")
+
+R = config["results_dir"]
+BASE_ARCH = config["base"]["arch"]
+GPUS = int(config.get("gpus_per_job", 0))
+THREADS = config.get("threads", {})
+METHOD_NAMES = list(config["distill"]["methods"])
+IPCS = [int(i) for i in config["distill"]["ipc"]]
+STUDENTS = list(config["evaluate"]["students"])
+SEEDS = [int(s) for s in config["evaluate"]["seeds"]]
+
+wildcard_constraints:
+    ipc=r"\d+",
+    seed=r"\d+",
+    method=r"[^/]+",
+    arch=r"[^/]+",
+    pool=r"[^/]+",
+    member=r"[^/]+",
+
+
+def threads_for(rule_name, default=1):
+    return int(THREADS.get(rule_name, default))
+
+
+def pool_members(pool):
+    return [f"{R}/pool/{pool}/members/{m}.pt" for m in member_names(config["pools"][pool])]
+
+
+def distill_pool_inputs(wildcards):
+    pool = config["distill"]["methods"][wildcards.method].get("pool")
+    return pool_members(pool) if pool else []
+
+
+def used_pools():
+    return sorted({r["pool"] for r in config["distill"]["methods"].values() if r.get("pool")})
+
+
+def all_targets():
+    targets = [f"{R}/pool/{p}/manifest.csv" for p in used_pools()]
+    targets += expand(f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png", method=METHOD_NAMES, ipc=IPCS)
+    targets += [f"{R}/tables/accuracy.md", f"{R}/tables/accuracy.csv", f"{R}/tables/runtime.csv"]
+    return targets

@@ -1,0 +1,19 @@
+# Stage 3: one distillation job per (method, IPC).
+rule distill:
+    input:
+        pool=distill_pool_inputs,
+    output:
+        data=f"{R}/distilled/{{method}}/ipc{{ipc}}/data.pt",
+        grid=f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png",
+        log_json=f"{R}/distilled/{{method}}/ipc{{ipc}}/log.json",
+    params:
+        checkpoint=f"{R}/distilled/{{method}}/ipc{{ipc}}/distill.ckpt",
+    log:
+        f"{R}/logs/distill/{{method}}/ipc{{ipc}}.log",
+    benchmark:
+        f"{R}/benchmarks/distill/{{method}}/ipc{{ipc}}.tsv"
+    threads: threads_for("distill")
+    resources:
+        gpu=GPUS,
+    script:
+        "../scripts/distill.py"

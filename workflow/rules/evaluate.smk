@@ -1,0 +1,19 @@
+# Stages 4-5: relabel with the base model (online KD) and train a fresh student per
+# (method, IPC, architecture, seed); top-1 on the real test set.
+rule evaluate:
+    input:
+        distilled=f"{R}/distilled/{{method}}/ipc{{ipc}}/data.pt",
+        teacher=f"{R}/base/{BASE_ARCH}/model.pt",
+    output:
+        f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/seed{{seed}}.json",
+    params:
+        checkpoint=f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/seed{{seed}}.ckpt",
+    log:
+        f"{R}/logs/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/seed{{seed}}.tsv"
+    threads: threads_for("evaluate")
+    resources:
+        gpu=GPUS,
+    script:
+        "../scripts/evaluate.py"
