@@ -5,10 +5,17 @@ Not a test module: tests import :func:`local_slurm_cluster` and run
 
 The cluster (Debian slurm-wlm 22.05 + munge, see tests/install_slurm.sh):
 
-* configuration in ``<workdir>/etc`` (slurm.conf + gres.conf), located by the
-  ``SLURM_CONF`` environment variable, which slurmctld, slurmd and every
-  client command (sbatch, squeue, sinfo, scontrol, srun) honour; /etc/slurm is
-  never touched;
+* configuration (slurm.conf + gres.conf) in /etc/slurm, the path compiled
+  into Slurm. A private directory named by ``SLURM_CONF`` would do for the
+  daemons and for sbatch/squeue/sinfo, but snakemake-executor-plugin-slurm's
+  job step strips every ``SLURM_*`` variable except the job identity before
+  it calls ``srun`` inside the job, so that ``srun`` only finds the default
+  path (and otherwise fails with "DNS SRV lookup failed"). The files carry a
+  marker line; a slurm.conf without it (a real installation) is never
+  overwritten, and ours are removed on exit so that later snakemake runs do
+  not wait on a controller that is gone. An flock on
+  /etc/slurm/.local_slurm.lock makes concurrent users wait their turn;
+* state, spool, PID and log files in the caller's ``workdir``;
 * one node ``localhost`` with 2 CPUs, 16000 MB and one fake GPU
   (``File=/dev/null``) so that ``--gpus=1`` jobs can be scheduled on a CPU
   machine; one partition ``debug``; no accounting database;
@@ -59,6 +66,8 @@ REQUIRED_COMMANDS = (
 )
 PARTITION = "debug"
 NODE = "localhost"
+CONF_DIR = Path("/etc/slurm")
+MARKER = "# written by tests/local_slurm.py (private test cluster)"
 
 
 class SlurmUnavailable(Exception):
@@ -240,7 +249,7 @@ class _Daemon:
 
 
 def _write_config(
-    etc: Path,
+    conf_dir: Path,
     state: Path,
     spool: Path,
     logs: Path,
@@ -250,9 +259,9 @@ def _write_config(
     cpus: int,
     real_memory: int,
 ) -> Path:
-    conf = etc / "slurm.conf"
+    conf = conf_dir / "slurm.conf"
     conf.write_text(
-        f"""# Private single-node test cluster written by tests/local_slurm.py
+        f"""{MARKER}
 ClusterName=localcluster
 SlurmctldHost={NODE}(127.0.0.1)
 SlurmctldPort={ctld_port}
@@ -294,10 +303,43 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
     )
     # A GPU needs a device file or the node is drained; /dev/null stands in.
-    (etc / "gres.conf").write_text(f"NodeName={NODE} Name=gpu File=/dev/null\n")
-    # Keep slurm from reading the system's plugstack.conf (spank plugins).
-    (etc / "plugstack.conf").write_text("")
+    (conf_dir / "gres.conf").write_text(
+        f"{MARKER}\nNodeName={NODE} Name=gpu File=/dev/null\n"
+    )
     return conf
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        with open(path) as fh:
+            return fh.readline().rstrip("\n") == MARKER
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _conf_dir_lock(conf_dir: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive flock on ``conf_dir`` while a cluster uses it."""
+    import fcntl
+
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(conf_dir / ".local_slurm.lock", "w")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SlurmStartError(
+                        f"another local test cluster held {conf_dir} for "
+                        f"{timeout:.0f} s (lock {fh.name})"
+                    ) from None
+                time.sleep(0.5)
+        yield
+    finally:
+        fh.close()  # releases the lock
 
 
 # --------------------------------------------------------------------------
@@ -425,22 +467,54 @@ def local_slurm_cluster(
     cpus: int = 2,
     real_memory: int = 16000,
     timeout: float = 30.0,
+    lock_timeout: float = 900.0,
 ) -> Iterator[Dict[str, str]]:
     """Run a private one-node SLURM cluster while the ``with`` block runs.
 
-    Yields the environment variables (currently ``SLURM_CONF``) that every
-    subprocess talking to this cluster (snakemake, sbatch, squeue, ...) must
-    get; merge them into a copy of ``os.environ``.
+    Yields the environment variables (currently ``SLURM_CONF``, naming the
+    default path anyway) that every subprocess talking to this cluster
+    (snakemake, sbatch, squeue, ...) should get; merge them into a copy of
+    ``os.environ``.
 
     Raises :class:`SlurmUnavailable` when SLURM cannot run here at all and
     :class:`SlurmStartError` when the daemons do not come up within
     ``timeout`` seconds (the message holds the tails of their logs).
+    Another cluster of this module running at the same time (another test
+    session) is waited for up to ``lock_timeout`` seconds.
     """
     cmds = _check_available()
+    conf_dir = CONF_DIR
     workdir = Path(workdir).resolve()
-    etc, state, logs, run = (workdir / d for d in ("etc", "state", "log", "run"))
-    for d in (etc, state, logs, run):
+    state, logs, run = (workdir / d for d in ("state", "log", "run"))
+    for d in (state, logs, run):
         d.mkdir(parents=True, exist_ok=True)
+    with _conf_dir_lock(conf_dir, lock_timeout):
+        foreign = [
+            p
+            for p in (conf_dir / "slurm.conf", conf_dir / "gres.conf")
+            if p.exists() and not _is_ours(p)
+        ]
+        if foreign:
+            raise SlurmUnavailable(
+                f"{', '.join(map(str, foreign))} belongs to a real SLURM "
+                "installation; not overwriting it for a test cluster"
+            )
+        yield from _run_cluster(
+            cmds, conf_dir, workdir, state, logs, run, cpus, real_memory, timeout
+        )
+
+
+def _run_cluster(
+    cmds: Dict[str, str],
+    conf_dir: Path,
+    workdir: Path,
+    state: Path,
+    logs: Path,
+    run: Path,
+    cpus: int,
+    real_memory: int,
+    timeout: float,
+) -> Iterator[Dict[str, str]]:
     # slurmd puts per-step unix sockets in its spool dir; sun_path holds 108
     # bytes, so keep that directory short.
     spool = workdir / "spool"
@@ -450,7 +524,7 @@ def local_slurm_cluster(
     spool.mkdir(parents=True, exist_ok=True)
 
     conf = _write_config(
-        etc,
+        conf_dir,
         state,
         spool,
         logs,
@@ -531,6 +605,11 @@ def local_slurm_cluster(
             d.stop()
         if own_spool is not None:
             shutil.rmtree(own_spool, ignore_errors=True)
+        for name in ("slurm.conf", "gres.conf"):
+            path = conf_dir / name
+            if _is_ours(path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 if __name__ == "__main__":  # manual check: python tests/local_slurm.py

@@ -114,6 +114,9 @@ def test_profile_runs_jobs_through_slurm(slurm_env, tmp_path):
         "1",
         "--latency-wait",
         "5",
+        # fail fast here instead of resubmitting twice
+        "--retries",
+        "0",
     ]
     try:
         res = subprocess.run(
@@ -155,4 +158,8 @@ def test_profile_runs_jobs_through_slurm(slurm_env, tmp_path):
     )
     assert show.returncode == 0, show.stderr
     assert "JobState=COMPLETED" in show.stdout, show.stdout
-    assert re.search(r"gres/gpu=1\b", show.stdout), show.stdout
+    assert re.search(r"TresPerJob=gres:gpu:1\b|gres/gpu=1\b", show.stdout), show.stdout
+    # ...and SLURM's gpu plugin exported the (fake) device to the rule.
+    assert re.search(r"^gpus=\d", (results / "gpu.txt").read_text(), flags=re.M), (
+        (results / "gpu.txt").read_text()
+    )

@@ -57,7 +57,7 @@ def bn_statistics_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor |
         logits = model(x)
     stats = rec.loss(first_bn_weight)
     ce = F.cross_entropy(logits, labels) if labels is not None and ce_weight else logits.new_zeros(())
-    return ce_weight * ce + alpha * stats, {"ce": float(ce), "bn": float(stats)}
+    return ce_weight * ce + alpha * stats, {"ce": ce.item(), "bn": stats.item()}
 
 
 def gradient_distance(synthetic_grads, real_grads) -> torch.Tensor:

@@ -139,7 +139,7 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
     every = int(recipe.get("checkpoint_every", max(1, epochs // 10)))
     eval_every = int(recipe.get("eval_every", 0))
 
-    bar = tqdm(range(start_epoch, epochs), desc=desc, file=sys.stderr, mininterval=5, disable=None,
+    bar = tqdm(range(start_epoch, epochs), desc=desc, file=sys.stderr, mininterval=5, disable=False,
                initial=start_epoch, total=epochs)
     for epoch in bar:
         model.train()

@@ -100,7 +100,7 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
             print(f"warning: {exc}; starting clean", file=sys.stderr)
 
     t0 = time.perf_counter()
-    bar = tqdm(range(start, iterations), desc=desc, file=sys.stderr, mininterval=5, disable=None,
+    bar = tqdm(range(start, iterations), desc=desc, file=sys.stderr, mininterval=5, disable=False,
                initial=start, total=iterations)
     for it in bar:
         n = syn.shape[0]

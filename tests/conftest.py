@@ -1,0 +1,17 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/fixtures.py
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def fmnist_root(tmp_path):
+    from fixtures import write_fashion_mnist
+
+    return write_fashion_mnist(tmp_path / "fmnist")

@@ -1,0 +1,82 @@
+"""Tiny datasets written in the real on-disk formats (IDX, CIFAR pickles, ImageFolder)."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def class_patterns(n: int, num_classes: int, size: int, channels: int, seed: int = 0):
+    """Images whose class is visible (a bright band at a class-specific row) plus noise, so
+    that tiny models can learn something in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(n, channels, size, size)).astype(np.uint8)
+    band = max(1, size // num_classes)
+    for i, c in enumerate(labels):
+        row = (c * size) // num_classes
+        images[i, :, row:row + band, :] = 220
+    return images, labels.astype(np.uint8)
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path = Path(str(path) + (".gz" if gz else ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(path, "wb") as fh:
+            fh.write(payload)
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def write_fashion_mnist(root: Path, n_train: int = 300, n_test: int = 100, gz: bool = True) -> Path:
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = class_patterns(n, 10, 28, 1, seed)
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images[:, 0], gz)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, gz)
+    return root
+
+
+def write_cifar(root: Path, num_classes: int = 10, n_per_batch: int = 20) -> Path:
+    if num_classes == 10:
+        folder = root / "cifar-10-batches-py"
+        files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        labels_key, meta_name, meta = "labels", "batches.meta", {"label_names": [f"c{i}" for i in range(10)]}
+    else:
+        folder = root / "cifar-100-python"
+        files = ["train", "test"]
+        labels_key, meta_name = "fine_labels", "meta"
+        meta = {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"k{i}" for i in range(20)]}
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(files):
+        images, labels = class_patterns(n_per_batch, num_classes, 32, 3, seed=i)
+        entry = {"data": images.reshape(n_per_batch, -1), labels_key: [int(v) for v in labels]}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(entry, fh)
+    with open(folder / meta_name, "wb") as fh:
+        pickle.dump(meta, fh)
+    return root
+
+
+def write_image_folder(root: Path, classes=("n01443537", "n01629819", "n01641577"), per_class: int = 4,
+                       size: int = 64, words: bool = True) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, wnid in enumerate(classes):
+            d = root / split / wnid
+            d.mkdir(parents=True, exist_ok=True)
+            images, _ = class_patterns(per_class, len(classes), size, 3, seed=k)
+            for j in range(per_class):
+                Image.fromarray(images[j].transpose(1, 2, 0)).save(d / f"{wnid}_{j}.JPEG")
+    if words:
+        (root / "words.txt").write_text("".join(f"{w}\tthing {i}, other\n" for i, w in enumerate(classes)))
+    return root

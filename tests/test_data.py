@@ -1,0 +1,80 @@
+import gzip
+
+import pytest
+import torch
+
+from fixtures import write_cifar, write_fashion_mnist, write_image_folder
+from teddy.data import (apply_augment, augment, batches, dataset_info, load_split, pixel_bounds,
+                        sample_augment_params, split_indices)
+from teddy.errors import TeddyError
+
+
+def test_fashion_mnist_idx_gz_and_plain(tmp_path):
+    for gz in (True, False):
+        root = write_fashion_mnist(tmp_path / f"gz{gz}", n_train=50, n_test=20, gz=gz)
+        cfg = {"name": "fashion_mnist", "root": str(root), "val_fraction": 0.2}
+        train, val, test = (load_split(cfg, s) for s in ("train", "val", "test"))
+        assert (len(train), len(val), len(test)) == (40, 10, 20)
+        assert train.images.shape == (40, 1, 28, 28) and train.images.dtype == torch.float32
+        assert train.class_names[0] == "T-shirt/top"
+        # normalised with the dataset's statistics: zero pixels map to -mean/std
+        lo, _ = pixel_bounds(dataset_info("fashion_mnist"))
+        assert train.images.min().item() == pytest.approx(lo.min().item(), abs=1e-5)
+
+
+def test_truncated_idx_names_the_file(tmp_path):
+    root = write_fashion_mnist(tmp_path / "f", n_train=30, n_test=10)
+    path = root / "train-images-idx3-ubyte.gz"
+    data = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(data[:-100]))
+    with pytest.raises(TeddyError, match="truncated.*train-images"):
+        load_split({"name": "fashion_mnist", "root": str(root)}, "train")
+
+
+def test_missing_dataset_names_the_key(tmp_path):
+    with pytest.raises(TeddyError, match="dataset.root"):
+        load_split({"name": "fashion_mnist", "root": str(tmp_path / "nowhere")}, "test")
+    with pytest.raises(TeddyError, match="unknown dataset 'mnist3d'"):
+        load_split({"name": "mnist3d", "root": str(tmp_path)}, "test")
+
+
+@pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_pickle_format(tmp_path, name, num_classes):
+    root = write_cifar(tmp_path, num_classes=num_classes, n_per_batch=20 if num_classes == 10 else 200)
+    train = load_split({"name": name, "root": str(root), "val_fraction": 0.0}, "train")
+    test = load_split({"name": name, "root": str(root)}, "test")
+    assert train.images.shape[1:] == (3, 32, 32)
+    assert len(train) == (100 if num_classes == 10 else 200) and len(test) in (20, 200)
+    assert len(train.class_names) == num_classes
+
+
+def test_image_folder_tiny_imagenet(tmp_path):
+    root = write_image_folder(tmp_path / "tiny")
+    cfg = {"name": "tiny_imagenet", "root": str(root), "val_fraction": 0.25}
+    train, val, test = (load_split(cfg, s) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (9, 3, 12)
+    x, y = train[0]
+    assert x.shape == (3, 64, 64) and int(y) in (0, 1, 2)
+    assert train.class_names == ["thing 0", "thing 1", "thing 2"]
+    xb, yb = next(batches(train, 4, True, torch.Generator().manual_seed(0), torch.device("cpu")))
+    assert xb.shape == (4, 3, 64, 64) and yb.shape == (4,)
+
+
+def test_split_is_seeded_and_disjoint():
+    a_train, a_val = split_indices(100, 0.1, seed=3)
+    b_train, b_val = split_indices(100, 0.1, seed=3)
+    assert torch.equal(a_val, b_val) and len(a_val) == 10
+    assert not set(a_train.tolist()) & set(a_val.tolist())
+    assert not torch.equal(a_val, split_indices(100, 0.1, seed=4)[1])
+
+
+def test_augment_is_replayable_and_differentiable():
+    x = torch.randn(6, 3, 32, 32, requires_grad=True)
+    cfg = {"crop": True, "crop_scale": [0.5, 1.0], "flip": True, "max_shift": 3}
+    params = sample_augment_params(6, 32, cfg, torch.Generator().manual_seed(1))
+    y1, y2 = apply_augment(x, params), apply_augment(x, params)
+    assert y1.shape == x.shape and torch.equal(y1, y2)
+    y1.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    same = augment(x, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(same, y1)

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from teddy.data import TensorImageDataset
+from teddy.errors import TeddyError
+from teddy.models import build_model
+from teddy.train import evaluate_accuracy, kd_loss, recalibrate_bn, train_model
+
+CPU = torch.device("cpu")
+
+
+def _toy_set(n=120, seed=0):
+    from fixtures import class_patterns
+
+    images, labels = class_patterns(n, 10, 28, 1, seed)
+    x = torch.from_numpy(images).float() / 255
+    return TensorImageDataset((x - 0.3) / 0.3, torch.from_numpy(labels).long(), [str(i) for i in range(10)])
+
+
+RECIPE = {"epochs": 4, "batch_size": 32, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
+
+
+def test_training_lowers_loss_and_learns():
+    torch.manual_seed(0)
+    model = build_model("convnet", 10, 1, 28, depth=2, width=8)
+    data = _toy_set()
+    history = train_model(model, data, {**RECIPE, "epochs": 6}, CPU, seed=0)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert evaluate_accuracy(model, data, CPU) > 0.5
+
+
+def test_kd_loss_zero_for_identical_logits_and_positive_otherwise():
+    logits = torch.randn(8, 10)
+    assert kd_loss(logits, logits, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(logits, torch.randn(8, 10), 4.0).item() > 0
+
+
+def test_training_with_teacher_runs_without_hard_labels():
+    teacher = build_model("convnet", 10, 1, 28, depth=2, width=8)
+    student = build_model("convnet", 10, 1, 28, depth=1, width=8)
+    history = train_model(student, _toy_set(40), {**RECIPE, "epochs": 2, "optimizer": "adamw", "lr": 1e-3},
+                          CPU, teacher=teacher)
+    assert len(history) == 2
+
+
+def test_non_finite_loss_stops_with_epoch_and_step():
+    model = build_model("convnet", 10, 1, 28, depth=1, width=4)
+    data = _toy_set(40)
+    data.images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(TeddyError, match="non-finite loss at epoch 1, step"):
+        train_model(model, data, {**RECIPE, "batch_size": 64}, CPU)
+
+
+def test_recalibrate_bn_moves_statistics_to_the_data():
+    model = build_model("convnet", 10, 1, 28, depth=1, width=4)
+    data = _toy_set(64)
+    data.images.add_(5.0)
+    recalibrate_bn(model, data, CPU, batches_to_use=2, batch_size=32)
+    bn = model.features[1]
+    # first BN sees conv(x) of shifted inputs: its running mean is no longer the reset value 0
+    assert bn.running_mean.abs().sum() > 0.1 and bn.num_batches_tracked > 0

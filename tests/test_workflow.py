@@ -1,0 +1,124 @@
+"""The real Snakemake DAG, run as a subprocess (as a user would) on a tiny IDX fixture."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from fixtures import write_fashion_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def tiny_config(data_root: Path) -> dict:
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["dataset"]["root"] = str(data_root)
+    cfg["results_dir"] = "results/tiny"
+    cfg["arch_options"] = {"convnet": {"depth": 2, "width": 8}}
+    cfg["base"]["recipe"]["epochs"] = 3
+    cfg["base"]["recipe"]["batch_size"] = 64
+    cfg["pools"]["prior"]["epochs"] = [1, 2]
+    cfg["distill"]["ipc"] = [1, 2]
+    cfg["distill"]["methods"]["teddy"].update(iterations=6, batch_size=20)
+    cfg["evaluate"]["students"] = ["convnet", "resnet10_w16"]
+    cfg["evaluate"]["seeds"] = [0, 1]
+    cfg["evaluate"]["recipe"]["epochs"] = 3
+    return cfg
+
+
+def write_workdir(tmp_path: Path, cfg: dict) -> Path:
+    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args, timeout=600):
+    cmd = SNAKEMAKE + ["--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end(tmp_path):
+    data = write_fashion_mnist(tmp_path / "data", n_train=200, n_test=60)
+    cfg = tiny_config(data)
+    work = write_workdir(tmp_path / "work", cfg)
+    proc = snakemake(work, "--cores", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    R = work / "results" / "tiny"
+
+    base = json.loads((R / "base/convnet/metrics.json").read_text())
+    assert 0 <= base["test_accuracy"] <= 1 and len(base["history"]) == 3
+    assert not (R / "base/convnet/train.ckpt").exists()  # removed once the stage finished
+
+    manifest = pd.read_csv(R / "pool/prior/manifest.csv")
+    assert list(manifest["member"]) == ["epoch1", "epoch2"]
+    assert manifest["test_accuracy"].between(0, 1).all() and (manifest["flops"] > 0).all()
+
+    for method in ("teddy", "random"):
+        for ipc in (1, 2):
+            d = torch.load(R / f"distilled/{method}/ipc{ipc}/data.pt", weights_only=False)
+            assert d["images"].shape == (10 * ipc, 1, 28, 28)
+            assert sorted(d["labels"].tolist()) == sorted(list(range(10)) * ipc)
+            assert len(d["mean"]) == 1 and len(d["class_names"]) == 10
+            assert d["config"]["recipe"]["method"] == method
+            assert (R / f"distilled/{method}/ipc{ipc}/grid.png").read_bytes()[:4] == b"\x89PNG"
+
+    table = pd.read_csv(R / "tables/accuracy.csv")
+    assert len(table) == 2 * 2 * 2  # method x ipc x arch
+    assert (table["seeds"] == 2).all() and table["mean"].between(0, 100).all()
+    md = (R / "tables/accuracy.md").read_text()
+    assert "convnet IPC1" in md and "teddy" in md and "random" in md
+    runtime = pd.read_csv(R / "tables/runtime.csv")
+    assert {"train_base", "pool_member", "distill", "evaluate"} <= set(runtime["stage"])
+    # nothing half-written is left behind
+    assert not list(R.rglob("*.tmp"))
+
+    # a second run has nothing to do
+    again = snakemake(work, "--cores", "2", "-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_bad_config_key_is_one_clear_line(tmp_path):
+    data = write_fashion_mnist(tmp_path / "data", n_train=30, n_test=10)
+    cfg = tiny_config(data)
+    cfg["evaluate"]["students"] = ["convnet", "vgg99"]
+    proc = snakemake(write_workdir(tmp_path / "w1", cfg), "-n")
+    assert proc.returncode != 0 and "unknown architecture 'vgg99'" in proc.stdout + proc.stderr
+
+    cfg = tiny_config(data)
+    cfg["distill"]["ipc"] = [0]
+    proc = snakemake(write_workdir(tmp_path / "w2", cfg), "-n")
+    assert proc.returncode != 0 and "ipc" in (proc.stdout + proc.stderr).lower()
+
+    cfg = tiny_config(data)
+    cfg["distill"]["methods"]["teddy"]["method"] = "magic"
+    proc = snakemake(write_workdir(tmp_path / "w3", cfg), "-n")
+    assert proc.returncode != 0 and "unknown distillation method 'magic'" in proc.stdout + proc.stderr
+
+    cfg = tiny_config(data)
+    cfg["dataset"]["colour"] = True
+    proc = snakemake(write_workdir(tmp_path / "w4", cfg), "-n")
+    assert proc.returncode != 0 and "colour" in proc.stdout + proc.stderr
+
+
+def test_missing_dataset_fails_the_job_with_one_line(tmp_path):
+    cfg = tiny_config(tmp_path / "no-such-dataset")
+    proc = snakemake(write_workdir(tmp_path / "w", cfg), "--cores", "1", "--until", "train_base")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "error in rule train_base: dataset file missing" in out and "dataset.root" in out
+
+
+@pytest.mark.parametrize("config_file", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
+def test_every_config_dry_runs(config_file, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(REPO / "config", work / "config")
+    proc = snakemake(work, "-n", "--configfile", str(work / "config" / config_file))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
