@@ -1,0 +1,102 @@
+"""Choose the default teddy settings of config/config.yaml by a small search on a validation
+split held out of the training set (never the test set).
+
+Reuses the base model and prior snapshots of a finished default run (results/fashion_mnist),
+distills IPC 10 with each candidate, trains a ConvNet student with online KD from the base
+model, and scores it on the validation split. Prints a table and writes docs/search_teddy_defaults.md.
+
+    .venv/bin/python benchmarks/search_teddy_defaults.py [--threads 1] [--seeds 0 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import platform
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from teddy.data import TensorImageDataset, dataset_info, load_split
+from teddy.methods import DistillTask, get_method
+from teddy.pool import WeakPool, load_model
+from teddy.stages import build
+from teddy.train import evaluate_accuracy, train_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def student_val_accuracy(cfg, images, labels, teacher, val_set, seed, recipe):
+    train_set = TensorImageDataset(images, labels, [])
+    recipe = {**recipe, "batch_size": min(int(recipe["batch_size"]), len(train_set))}
+    student = build(cfg, "convnet")
+    train_model(student, train_set, recipe, torch.device("cpu"), seed=seed, teacher=teacher, desc="student")
+    return evaluate_accuracy(student, val_set, torch.device("cpu"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(REPO / "config" / "config.yaml"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--out", default=str(REPO / "docs" / "search_teddy_defaults.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    R = REPO / cfg["results_dir"]
+    info = dataset_info(cfg["dataset"]["name"])
+    real, val_set = load_split(cfg["dataset"], "train"), load_split(cfg["dataset"], "val")
+    teacher, _ = load_model(R / "base" / cfg["base"]["arch"] / "model.pt")
+    snapshots = {int(p.stem[5:]): load_model(p)[0] for p in sorted((R / "base/convnet/snapshots").glob("epoch*.pt"))}
+    eval_recipe = cfg["evaluate"]["recipe"]
+    base_recipe = {k: v for k, v in cfg["distill"]["methods"]["teddy"].items() if k != "pool"}
+
+    pools = {"epochs 1-2": [1, 2], "epochs 1-4": [1, 2, 3, 4], "epochs 3-5": [3, 4, 5], "single (base)": None}
+    grid = []
+    for pool_name, lr, alpha in itertools.product(pools, [0.01, 0.05], [0.1, 1.0]):
+        grid.append({"pool": pool_name, "lr": lr, "alpha": alpha, "iterations": base_recipe["iterations"]})
+
+    rows = []
+    random_task = DistillTask(real, info, None, args.ipc, {"method": "random"}, seed=0)
+    rnd = get_method("random")(random_task)
+    accs = [student_val_accuracy(cfg, rnd.images, rnd.labels, teacher, val_set, s, eval_recipe) for s in args.seeds]
+    rows.append({"candidate": "random real subset", "val_mean": 100 * sum(accs) / len(accs),
+                 "val_min": 100 * min(accs), "distill_s": 0.0})
+    print(rows[-1], flush=True)
+    for cand in grid:
+        members = [teacher] if pools[cand["pool"]] is None else [snapshots[e] for e in pools[cand["pool"]]]
+        pool = WeakPool([m for m in members], [str(e) for e in (pools[cand["pool"]] or ["base"])])
+        recipe = {**base_recipe, "lr": cand["lr"], "alpha": cand["alpha"], "log_every": 10_000}
+        task = DistillTask(real, info, pool, args.ipc, recipe, seed=0)
+        t0 = time.perf_counter()
+        out = get_method("teddy")(task)
+        seconds = time.perf_counter() - t0
+        accs = [student_val_accuracy(cfg, out.images, out.labels, teacher, val_set, s, eval_recipe) for s in args.seeds]
+        rows.append({"candidate": f"teddy pool={cand['pool']} lr={cand['lr']} alpha={cand['alpha']}",
+                     "val_mean": 100 * sum(accs) / len(accs), "val_min": 100 * min(accs), "distill_s": seconds})
+        print(rows[-1], flush=True)
+
+    table = pd.DataFrame(rows).round(2)
+    best = table.iloc[1:].sort_values("val_mean", ascending=False).iloc[0]
+    text = [
+        "# Search for the default teddy settings (validation split)", "",
+        f"Run {datetime.date.today()} on {platform.machine()} ({torch.get_num_threads()} thread(s)), torch "
+        f"{torch.__version__}, by `benchmarks/search_teddy_defaults.py`.", "",
+        f"IPC {args.ipc}, {base_recipe['iterations']} iterations, real initialisation; student: convnet "
+        f"with online KD from the base model, the evaluation recipe of config/config.yaml; scored on the "
+        f"{len(val_set)}-image validation split held out of the training set (the test set is never used); "
+        f"seeds {args.seeds}.", "",
+        table.to_markdown(index=False), "",
+        f"Best teddy candidate: **{best['candidate']}** ({best['val_mean']:.2f}% vs random "
+        f"{rows[0]['val_mean']:.2f}%).", ""]
+    Path(args.out).write_text("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
