@@ -78,3 +78,24 @@ def test_augment_is_replayable_and_differentiable():
     assert x.grad is not None and x.grad.abs().sum() > 0
     same = augment(x, cfg, torch.Generator().manual_seed(1))
     assert torch.equal(same, y1)
+
+
+def test_reorganise_raw_tiny_imagenet_val(tmp_path):
+    from teddy.data import reorganise_tiny_imagenet_val
+
+    root = write_image_folder(tmp_path / "tiny", per_class=2)
+    # turn val/ back into the raw layout: val/images/*.JPEG + val_annotations.txt
+    val = root / "val"
+    (val / "images").mkdir()
+    lines = []
+    for wnid_dir in sorted(p for p in val.iterdir() if p.name.startswith("n")):
+        for img in sorted(wnid_dir.iterdir()):
+            img.rename(val / "images" / img.name)
+            lines.append(f"{img.name}\t{wnid_dir.name}\t0\t0\t63\t63")
+        wnid_dir.rmdir()
+    (val / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    assert reorganise_tiny_imagenet_val(root) == 6
+    test = load_split({"name": "tiny_imagenet", "root": str(root)}, "test")
+    assert len(test) == 6 and sorted(set(test.targets.tolist())) == [0, 1, 2]
+    with pytest.raises(TeddyError, match="val_annotations"):
+        reorganise_tiny_imagenet_val(tmp_path / "nothing")

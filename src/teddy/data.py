@@ -192,6 +192,29 @@ def _load_image_folder(root: Path, train: bool, info: DatasetInfo):
     return FolderSubset(ds, torch.arange(len(ds)))
 
 
+def reorganise_tiny_imagenet_val(root) -> int:
+    """Move Tiny-ImageNet's val/images/*.JPEG into val/<wnid>/ folders using
+    val/val_annotations.txt, so that val/ reads as an ImageFolder. Returns images moved."""
+    val = Path(root) / "val"
+    annotations = val / "val_annotations.txt"
+    if not annotations.is_file():
+        raise TeddyError(f"not a raw Tiny-ImageNet val folder (no {annotations})")
+    moved = 0
+    for line in annotations.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) < 2:
+            continue
+        src = val / "images" / fields[0]
+        if src.is_file():
+            (val / fields[1]).mkdir(exist_ok=True)
+            src.rename(val / fields[1] / fields[0])
+            moved += 1
+    images_dir = val / "images"
+    if images_dir.is_dir() and not any(images_dir.iterdir()):
+        images_dir.rmdir()
+    return moved
+
+
 def _download(name: str, root: Path) -> None:
     from torchvision import datasets
 
