@@ -106,24 +106,11 @@ def _torchvision(ctor, num_classes, in_channels):
     return model
 
 
-@register("resnet18")
-def resnet18(num_classes, in_channels, image_size):
-    return _torchvision(tvm.resnet18, num_classes, in_channels)
-
-
-@register("resnet50")
-def resnet50(num_classes, in_channels, image_size):
-    return _torchvision(tvm.resnet50, num_classes, in_channels)
-
-
-@register("resnet101")
-def resnet101(num_classes, in_channels, image_size):
-    return _torchvision(tvm.resnet101, num_classes, in_channels)
-
-
-@register("mobilenet_v2")
-def mobilenet_v2(num_classes, in_channels, image_size):
-    return _torchvision(tvm.mobilenet_v2, num_classes, in_channels)
+# torchvision's ImageNet-style models (224-pixel inputs), registered under their own names
+for _name, _ctor in {"resnet18": tvm.resnet18, "resnet50": tvm.resnet50, "resnet101": tvm.resnet101,
+                     "mobilenet_v2": tvm.mobilenet_v2}.items():
+    register(_name)(lambda num_classes, in_channels, image_size, _ctor=_ctor: _torchvision(_ctor, num_classes,
+                                                                                            in_channels))
 
 
 def model_from_spec(spec: dict, info) -> nn.Module:
