@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 def student_val_accuracy(cfg, images, labels, teacher, val_set, seed, recipe):
     train_set = TensorImageDataset(images, labels, [])
     recipe = {**recipe, "batch_size": min(int(recipe["batch_size"]), len(train_set))}
-    student = build(cfg, "convnet")
+    student = build(cfg, "convnet", seed=seed)
     train_model(student, train_set, recipe, torch.device("cpu"), seed=seed, teacher=teacher, desc="student")
     return evaluate_accuracy(student, val_set, torch.device("cpu"))
 
@@ -44,6 +44,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--pools", nargs="+", default=["1,2", "3,4,5", "base"],
+                    help="snapshot epochs per candidate pool, comma-separated; 'base' = the single strong model")
+    ap.add_argument("--lrs", type=float, nargs="+", default=[0.002, 0.005])
+    ap.add_argument("--alphas", type=float, nargs="+", default=[1.0])
+    ap.add_argument("--ce-weights", type=float, nargs="+", default=[1.0])
+    ap.add_argument("--crops", nargs="+", default=["on"], choices=["on", "off"],
+                    help="random resized crop in the distillation augmentation")
     ap.add_argument("--out", default=str(REPO / "docs" / "search_teddy_defaults.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -56,10 +63,9 @@ def main():
     eval_recipe = cfg["evaluate"]["recipe"]
     base_recipe = {k: v for k, v in cfg["distill"]["methods"]["teddy"].items() if k != "pool"}
 
-    pools = {"epochs 1-2": [1, 2], "epochs 3-5": [3, 4, 5], "single (base)": None}
-    grid = []
-    for pool_name, lr, alpha in itertools.product(pools, [0.01, 0.05], [0.1, 1.0]):
-        grid.append({"pool": pool_name, "lr": lr, "alpha": alpha, "iterations": base_recipe["iterations"]})
+    pools = {p: (None if p == "base" else [int(e) for e in p.split(",")]) for p in args.pools}
+    grid = [{"pool": p, "lr": lr, "alpha": a, "ce_weight": ce, "crop": c}
+            for p, lr, a, ce, c in itertools.product(pools, args.lrs, args.alphas, args.ce_weights, args.crops)]
 
     rows = []
     random_task = DistillTask(real, info, None, args.ipc, {"method": "random"}, seed=0)
@@ -71,13 +77,17 @@ def main():
     for cand in grid:
         members = [teacher] if pools[cand["pool"]] is None else [snapshots[e] for e in pools[cand["pool"]]]
         pool = WeakPool([m for m in members], [str(e) for e in (pools[cand["pool"]] or ["base"])])
-        recipe = {**base_recipe, "lr": cand["lr"], "alpha": cand["alpha"], "log_every": 10_000}
+        augment = {**base_recipe["augment"], "crop": cand["crop"] == "on"}
+        recipe = {**base_recipe, "lr": cand["lr"], "alpha": cand["alpha"], "ce_weight": cand["ce_weight"],
+                  "augment": augment, "log_every": 10_000}
         task = DistillTask(real, info, pool, args.ipc, recipe, seed=0)
         t0 = time.perf_counter()
         out = get_method("teddy")(task)
         seconds = time.perf_counter() - t0
         accs = [student_val_accuracy(cfg, out.images, out.labels, teacher, val_set, s, eval_recipe) for s in args.seeds]
-        rows.append({"candidate": f"teddy pool={cand['pool']} lr={cand['lr']} alpha={cand['alpha']}",
+        pool_label = "single base model" if pools[cand["pool"]] is None else f"snapshots of epochs {cand['pool']}"
+        rows.append({"candidate": f"teddy, {pool_label}, lr={cand['lr']}, alpha={cand['alpha']}, "
+                                  f"ce_weight={cand['ce_weight']}, crop {cand['crop']}",
                      "val_mean": 100 * sum(accs) / len(accs), "val_min": 100 * min(accs), "distill_s": seconds})
         print(rows[-1], flush=True)
 
