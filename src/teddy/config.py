@@ -29,6 +29,11 @@ def check_config(cfg: dict) -> None:
         pool = recipe.get("pool")
         if pool is not None and pool not in cfg.get("pools", {}):
             raise TeddyError(f"distill.methods.{name}.pool names pool '{pool}', which is not under 'pools'")
+        if pool is not None and recipe.get("pool_size"):
+            members = member_names(cfg["pools"][pool])
+            if members and int(recipe["pool_size"]) > len(members):
+                raise TeddyError(f"distill.methods.{name}.pool_size={recipe['pool_size']} but pool '{pool}' "
+                                 f"has {len(members)} members")
     snapshots = cfg["base"].get("snapshot_epochs")
     epochs = int(cfg["base"]["recipe"]["epochs"])
     for name, pool in cfg.get("pools", {}).items():

@@ -11,6 +11,7 @@ import gzip
 import math
 import pickle
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +73,14 @@ class TensorImageDataset(Dataset):
 
 
 class FolderSubset(Dataset):
-    """A subset of an ImageFolder that keeps `targets` and `class_names`."""
+    """A subset of an ImageFolder that keeps `targets` and `class_names`; `num_workers` is how
+    many DataLoader worker processes decode its images (config key dataset.num_workers)."""
 
-    def __init__(self, base, indices):
+    def __init__(self, base, indices, num_workers: int = 0):
         self.base, self.indices = base, torch.as_tensor(indices, dtype=torch.long)
         self.targets = torch.as_tensor(base.targets)[self.indices]
         self.class_names = base.class_names
+        self.num_workers = int(num_workers)
 
     def __len__(self):
         return len(self.indices)
@@ -86,7 +89,7 @@ class FolderSubset(Dataset):
         return self.base[int(self.indices[i])]
 
     def subset(self, indices):
-        return FolderSubset(self.base, self.indices[torch.as_tensor(indices, dtype=torch.long)])
+        return FolderSubset(self.base, self.indices[torch.as_tensor(indices, dtype=torch.long)], self.num_workers)
 
 
 def _normalise(images_uint8: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
@@ -167,7 +170,7 @@ def _load_cifar(root: Path, train: bool, info: DatasetInfo) -> TensorImageDatase
 
 # ImageFolder trees (Tiny-ImageNet with val/ reorganised into class folders, ImageNet-1K) --
 
-def _load_image_folder(root: Path, train: bool, info: DatasetInfo):
+def _load_image_folder(root: Path, train: bool, info: DatasetInfo, num_workers: int = 0):
     from torchvision import datasets, transforms
 
     split_dir = root / ("train" if train else "val")
@@ -189,7 +192,7 @@ def _load_image_folder(root: Path, train: bool, info: DatasetInfo):
     if words.is_file():
         mapping = dict(line.split("\t", 1) for line in words.read_text().splitlines() if "\t" in line)
         ds.class_names = [mapping.get(c, c).split(",")[0].strip() for c in ds.classes]
-    return FolderSubset(ds, torch.arange(len(ds)))
+    return FolderSubset(ds, torch.arange(len(ds)), num_workers)
 
 
 def reorganise_tiny_imagenet_val(root) -> int:
@@ -234,8 +237,8 @@ def load_split(dataset_cfg: dict, split: str):
         _download(info.name, root)
         if info.name == "fashion_mnist":
             root = root / "FashionMNIST" / "raw"
-    loader = {"fashion_mnist": _load_fashion_mnist, "cifar10": _load_cifar,
-              "cifar100": _load_cifar}.get(info.name, _load_image_folder)
+    loader = {"fashion_mnist": _load_fashion_mnist, "cifar10": _load_cifar, "cifar100": _load_cifar}.get(
+        info.name, partial(_load_image_folder, num_workers=int(dataset_cfg.get("num_workers", 0))))
     if split == "test":
         return loader(root, False, info)
     if split not in ("train", "val", "train_full"):
@@ -274,7 +277,9 @@ def stack_items(dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
 
 def batches(dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None,
             device: torch.device, num_workers: int = 0):
-    """Yield (x, y) batches on `device`. In-memory sets are sliced directly (fast on CPU)."""
+    """Yield (x, y) batches on `device`. In-memory sets are sliced directly (fast on CPU); others
+    go through a DataLoader with `num_workers` (default: the dataset's own `num_workers`) worker
+    processes and, on CUDA, pinned memory."""
     if isinstance(dataset, TensorImageDataset):
         n = len(dataset)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -282,9 +287,9 @@ def batches(dataset, batch_size: int, shuffle: bool, generator: torch.Generator 
             idx = order[start:start + batch_size]
             yield dataset.images[idx].to(device, non_blocking=True), dataset.targets[idx].to(device, non_blocking=True)
         return
+    num_workers = num_workers or getattr(dataset, "num_workers", 0)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                        num_workers=num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=False)
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 

@@ -6,14 +6,18 @@ import csv
 import io as _io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from teddy.data import augment, stack_items
 from teddy.errors import TeddyError
 from teddy.io import load_torch, save_text, save_torch
 from teddy.models import count_parameters
+from teddy.train import make_optimizer
 
 MANIFEST_COLUMNS = ["member", "generator", "made_from", "finetune_epochs", "test_accuracy", "parameters", "flops"]
 
@@ -51,10 +55,14 @@ def member_names(pool_cfg: dict) -> list[str]:
             if not 0 < float(r) < 1:
                 raise TeddyError(f"pruning ratio {r} outside (0, 1) (config key pools.*.ratios)")
         names = [f"prune{float(r):g}" for r in ratios]
+    elif generator == "fresh":
+        return []  # no members on disk: distillation trains a new model every iteration
     else:
         raise TeddyError(f"unknown pool generator '{generator}' (config key pools.*.generator)")
     if not names:
-        raise TeddyError("empty pool: no members configured")
+        raise TeddyError("empty pool: no members configured (config keys pools.*.epochs / target_accuracies / ratios)")
+    if len(set(names)) != len(names):
+        raise TeddyError(f"pool lists a member twice: {names} (config key pools.*)")
     return names
 
 
@@ -70,6 +78,44 @@ def choose_snapshot(member: str, snapshot_accuracies: dict[int, float]) -> int:
         target = float(member[3:])
         return min(snapshot_accuracies, key=lambda e: (abs(snapshot_accuracies[e] - target), e))
     raise TeddyError(f"not a prior pool member name: {member}")
+
+
+# --- post members: structural channel pruning ----------------------------------------------
+
+def classifier_layer(model: nn.Module, num_classes: int) -> nn.Module:
+    """The output layer (the last Linear or Conv with `num_classes` outputs): never pruned,
+    so a pruned member still predicts every class."""
+    outputs = [m for m in model.modules()
+               if (isinstance(m, nn.Linear) and m.out_features == num_classes)
+               or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
+    if not outputs:
+        raise TeddyError(f"cannot find the {num_classes}-way output layer of {type(model).__name__} to keep unpruned")
+    return outputs[-1]
+
+
+def prune_channels(model: nn.Module, ratio: float, input_shape, num_classes: int) -> nn.Module:
+    """Remove `ratio` of the channels of every prunable layer (L2 filter magnitude), in place,
+    with Torch-Pruning's dependency graph so residual and depthwise couplings stay consistent."""
+    import torch_pruning as tp  # imported here: only post pools need it
+
+    if not 0 < ratio < 1:
+        raise TeddyError(f"pruning ratio {ratio} outside (0, 1) (config key pools.*.ratios)")
+    model = model.cpu().eval()
+    before = count_parameters(model)
+    example = torch.zeros(1, *input_shape)
+    keep_whole = [classifier_layer(model, num_classes)]
+    try:
+        pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=ratio, ignored_layers=keep_whole)
+        pruner.step()
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:  # Torch-Pruning's own failures: tracing, unsupported layers
+        raise TeddyError(f"Torch-Pruning cannot prune {type(model).__name__}: {exc} (config key base.arch)") from None
+    if count_parameters(model) >= before:
+        raise TeddyError(f"Torch-Pruning found no prunable channel in {type(model).__name__} "
+                         f"(config key base.arch); use a prior pool for it")
+    return model
 
 
 # --- measurements ---------------------------------------------------------------------------
@@ -154,3 +200,50 @@ def load_pool(member_paths, policy: str = "uniform", size: int | None = None) ->
         members.append(model)
         names.append(Path(p).stem)
     return WeakPool(members, names, policy)
+
+
+class FreshModelPool:
+    """The classic alternative the pool replaces: every outer iteration, a new model from random
+    initialisation trained `steps` SGD steps on real batches, then matched against. Same
+    `sample(iteration, generator)` interface as WeakPool; its training time is distillation time."""
+
+    def __init__(self, build: Callable[[], nn.Module], real, recipe: dict, steps: int = 20,
+                 device: torch.device | str = "cpu"):
+        if int(steps) < 1:
+            raise TeddyError(f"fresh_steps must be >= 1, got {steps} (config key pools.*.fresh_steps)")
+        self.build, self.real, self.recipe, self.steps = build, real, recipe, int(steps)
+        self.device = torch.device(device)
+        self.names = ["fresh"]
+
+    def __len__(self):
+        return 1
+
+    def to(self, device):
+        self.device = torch.device(device)
+        return self
+
+    def sample(self, iteration: int, generator: torch.Generator) -> nn.Module:
+        # the seed comes from the distillation generator, so a resumed run rebuilds the same models
+        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+        batch_size = int(self.recipe.get("batch_size", 256))
+        aug_cfg = self.recipe.get("augment") or {}
+        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
+            torch.manual_seed(seed)
+            model = self.build().to(self.device).train()
+        optimizer = make_optimizer(model.parameters(), self.recipe)
+        data_rng = torch.Generator().manual_seed(seed)
+        # a fixed number of steps at constant lr (train_model counts epochs over a whole set)
+        for _ in range(self.steps):
+            idx = torch.randint(len(self.real), (batch_size,), generator=data_rng)
+            x, y = stack_items(self.real, idx)
+            x, y = x.to(self.device), y.to(self.device)
+            if aug_cfg:
+                x = augment(x, aug_cfg, data_rng)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model

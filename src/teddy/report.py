@@ -31,6 +31,15 @@ def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def with_distill_seconds(table: pd.DataFrame, distilled_dir) -> pd.DataFrame:
+    """Add each (method, ipc)'s distillation wall time, the `seconds` of its distill log.json
+    (NaN where absent), so accuracy and cost sit side by side."""
+    def seconds(method, ipc):
+        path = Path(distilled_dir) / str(method) / f"ipc{int(ipc)}" / "log.json"
+        return round(float(json.loads(path.read_text())["seconds"]), 1) if path.is_file() else float("nan")
+    return table.assign(distill_seconds=[seconds(m, i) for m, i in zip(table["method"], table["ipc"])])
+
+
 def markdown_pivot(table: pd.DataFrame) -> str:
     """method x (arch, IPC) with 'mean ± std' cells."""
     cells = table.assign(cell=table["mean"].map("{:.2f}".format) + " ± " + table["std"].map("{:.2f}".format))

@@ -8,23 +8,30 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from torchvision.utils import save_image
 
 from teddy.data import TensorImageDataset, dataset_info, denormalise, load_split
 from teddy.errors import TeddyError
-from teddy.io import atomic_path, load_distilled, load_json, save_distilled, save_json, save_text
+from teddy.io import (atomic_path, load_distilled, load_json, load_torch, save_distilled, save_json, save_text,
+                      save_torch)
 from teddy.methods import DistillTask, get_method
 from teddy.models import model_from_spec
-from teddy.pool import choose_snapshot, load_model, load_pool, manifest_row, save_model, write_manifest
-from teddy.report import accuracy_table, collect_results, published_rows, render_markdown, runtime_table
-from teddy.train import evaluate_accuracy, remove_checkpoint, resolve_device, train_model
+from teddy.pool import (FreshModelPool, choose_snapshot, load_model, load_pool, manifest_row, prune_channels,
+                        save_model, write_manifest)
+from teddy.relabel import precompute_soft_labels
+from teddy.report import (accuracy_table, collect_results, published_rows, render_markdown, runtime_table,
+                          with_distill_seconds)
+from teddy.train import evaluate_accuracy, recalibrate_bn, remove_checkpoint, resolve_device, train_model
 
 
 def arch_spec(cfg: dict, arch: str) -> dict:
     return {"arch": arch, **(cfg.get("arch_options") or {}).get(arch, {})}
 
 
-def build(cfg: dict, arch: str):
+def build(cfg: dict, arch: str, seed: int | None = None):
+    if seed is not None:
+        torch.manual_seed(seed)  # the initial weights are part of what a seed controls
     return model_from_spec(arch_spec(cfg, arch), dataset_info(cfg["dataset"]["name"]))
 
 
@@ -35,7 +42,7 @@ def train_base(cfg: dict, model_out, metrics_out, snapshot_dir, checkpoint=None)
     device = resolve_device(cfg.get("device", "auto"))
     train_set, val_set = load_split(cfg["dataset"], "train"), load_split(cfg["dataset"], "val")
     test_set = load_split(cfg["dataset"], "test")
-    model = build(cfg, base["arch"])
+    model = build(cfg, base["arch"], seed=int(base.get("seed", 0)))
     recipe = {"eval_every": 1, **base["recipe"]}
     wanted = set(base.get("snapshot_epochs") or range(1, int(recipe["epochs"]) + 1))
     snapshot_dir = Path(snapshot_dir)
@@ -77,14 +84,35 @@ def pool_member(cfg: dict, pool_name: str, member: str, base_model, base_metrics
         epoch = choose_snapshot(member, {int(e): s["val_accuracy"] for e, s in snapshots.items()})
         model, _ = load_model(snapshots[str(epoch)]["path"], what="base-training snapshot")
         made_from = f"epoch {epoch}"
+    elif generator == "post":
+        # prune the trained base model, fine-tune briefly on real data, then re-estimate BN statistics
+        ratio = float(member.removeprefix("prune"))
+        model, _ = load_model(base_model, what="base model")
+        model = prune_channels(model, ratio, (info.channels, info.image_size, info.image_size), info.num_classes)
+        train_set = load_split(cfg["dataset"], "train")
+        recipe = finetune_recipe(cfg, pool_cfg)
+        seed = int(cfg["base"].get("seed", 0))
+        train_model(model, train_set, recipe, device, seed=seed, checkpoint_path=checkpoint,
+                    desc=f"fine-tune {pool_name}/{member}")
+        recalibrate_bn(model, train_set, device, batches_to_use=int(pool_cfg.get("recalibrate_batches", 20)),
+                       batch_size=int(recipe["batch_size"]), seed=seed)
+        made_from = f"base pruned at ratio {ratio:g}"
+        finetune_epochs = int(recipe["epochs"])
     else:
-        raise TeddyError(f"pool generator '{generator}' is not implemented yet (pools.{pool_name}.generator)")
+        raise TeddyError(f"pool generator '{generator}' has no members on disk (pools.{pool_name}.generator)")
     model.to(device)
     acc = evaluate_accuracy(model, test_set, device)
     row = manifest_row(member, generator, made_from, finetune_epochs, acc, model,
                        (info.channels, info.image_size, info.image_size))
     save_model(out_path, model, row)
+    remove_checkpoint(checkpoint)
     return row
+
+
+def finetune_recipe(cfg: dict, pool_cfg: dict) -> dict:
+    """`pools.<name>.finetune`, else one epoch of the base recipe without warm-up."""
+    recipe = pool_cfg.get("finetune") or {**cfg["base"]["recipe"], "epochs": 1, "warmup_epochs": 0}
+    return {"eval_every": 0, **recipe}
 
 
 def pool_manifest(member_paths, out_csv) -> list[dict]:
@@ -103,7 +131,12 @@ def distill(cfg: dict, method_name: str, ipc: int, pool_member_paths, data_out, 
     seed = int(cfg["distill"].get("seed", 0))
     real = load_split(cfg["dataset"], "train")
     pool = None
-    if pool_member_paths:
+    pool_name = recipe.get("pool")
+    if pool_name and cfg["pools"][pool_name]["generator"] == "fresh":
+        pool_cfg = cfg["pools"][pool_name]
+        pool = FreshModelPool(lambda: build(cfg, cfg["base"]["arch"]), real, finetune_recipe(cfg, pool_cfg),
+                              steps=int(pool_cfg.get("fresh_steps", 20)), device=device)
+    elif pool_member_paths:
         pool = load_pool(pool_member_paths, policy=recipe.get("sampling", "uniform"), size=recipe.get("pool_size"))
     task = DistillTask(real=real, info=info, pool=pool, ipc=int(ipc), recipe=recipe, seed=seed, device=device,
                        checkpoint_path=checkpoint)
@@ -124,25 +157,45 @@ def distill(cfg: dict, method_name: str, ipc: int, pool_member_paths, data_out, 
 
 # 4-5. relabel and evaluate ------------------------------------------------------------------
 
+def student_recipe(cfg: dict, num_images: int) -> dict:
+    """evaluate.recipe with the batch capped at the distilled set's size (shared by relabel)."""
+    recipe = dict(cfg["evaluate"]["recipe"])
+    recipe["batch_size"] = min(int(recipe["batch_size"]), num_images)
+    return recipe
+
+
+def relabel(cfg: dict, seed: int, distilled_path, teacher_path, out_path) -> dict:
+    """Stored soft labels (evaluate.labels: stored) for the student runs of one seed."""
+    device = resolve_device(cfg.get("device", "auto"))
+    distilled = load_distilled(distilled_path)
+    teacher, _ = load_model(teacher_path, what="teacher (base model)")
+    store = precompute_soft_labels(distilled["images"], teacher, student_recipe(cfg, len(distilled["labels"])),
+                                   int(seed), device)
+    save_torch(store, out_path)
+    return store
+
+
 def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, distilled_path, teacher_path,
-             out_json, checkpoint=None) -> dict:
+             out_json, checkpoint=None, soft_labels_path=None) -> dict:
     ev = cfg["evaluate"]
     device = resolve_device(cfg.get("device", "auto"))
     distilled = load_distilled(distilled_path)
     train_set = TensorImageDataset(distilled["images"], distilled["labels"], distilled["class_names"])
     labels = ev.get("labels", "online_kd")
+    teacher = store = None
     if labels == "online_kd":
         teacher, _ = load_model(teacher_path, what="teacher (base model)")
-    elif labels == "hard":
-        teacher = None
-    else:
-        raise TeddyError(f"unknown evaluate.labels '{labels}' (online_kd or hard)")
-    recipe = dict(ev["recipe"])
-    recipe["batch_size"] = min(int(recipe["batch_size"]), len(train_set))
-    student = build(cfg, arch)
+    elif labels == "stored":
+        if not soft_labels_path:
+            raise TeddyError("evaluate.labels is 'stored' but no soft-label file was given (rule relabel)")
+        store = load_torch(soft_labels_path, what="soft-label store")
+    elif labels != "hard":
+        raise TeddyError(f"unknown evaluate.labels '{labels}' (online_kd, stored or hard)")
+    recipe = student_recipe(cfg, len(train_set))
+    student = build(cfg, arch, seed=int(seed))
     t0 = time.perf_counter()
     train_model(student, train_set, recipe, device, seed=int(seed), teacher=teacher, checkpoint_path=checkpoint,
-                desc=f"student {arch} {method_name} ipc{ipc} seed{seed}")
+                desc=f"student {arch} {method_name} ipc{ipc} seed{seed}", soft_label_store=store)
     acc = evaluate_accuracy(student, load_split(cfg["dataset"], "test"), device)
     result = {"method": method_name, "ipc": int(ipc), "arch": arch, "seed": int(seed), "labels": labels,
               "test_accuracy": acc, "train_seconds": time.perf_counter() - t0}
@@ -155,6 +208,7 @@ def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, distil
 
 def aggregate(cfg: dict, eval_jsons, benchmark_files, table_csv, table_md, runtime_csv, published_csv=None):
     table = accuracy_table(collect_results(eval_jsons))
+    table = with_distill_seconds(table, Path(cfg["results_dir"]) / "distilled")
     runtimes = runtime_table(benchmark_files)
     published = published_rows(published_csv, cfg["dataset"]["name"]) if published_csv else pd.DataFrame()
     with atomic_path(table_csv) as tmp:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from teddy.data import augment, batches
 from teddy.errors import TeddyError
 from teddy.io import load_torch, save_torch
+from teddy.relabel import check_store, stored_batches
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -80,28 +81,59 @@ def evaluate_accuracy(model: nn.Module, dataset, device: torch.device, batch_siz
     return correct / max(1, total)
 
 
-def _load_checkpoint(path: Path):
-    """The newest readable checkpoint of `path` or its previous copy; None to start clean."""
-    for candidate in (path, path.with_suffix(path.suffix + ".prev")):
-        if candidate.exists():
-            try:
-                return load_torch(candidate, what="training checkpoint")
-            except TeddyError as exc:
-                print(f"warning: {exc}; trying an older checkpoint", file=sys.stderr)
+def load_checkpoint(path, what: str = "training checkpoint", settings: dict | None = None):
+    """The newest usable checkpoint: `path`, else the `.prev` copy kept beside it, else None
+    (start clean). A truncated or corrupt file, or one written under other `settings` (the
+    config changed since), is skipped with a warning."""
+    path = Path(path)
+    found = [p for p in (path, Path(str(path) + ".prev")) if p.exists()]
+    for candidate in found:
+        try:
+            state = load_torch(candidate, what=what)
+        except TeddyError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+            continue
+        if settings is not None and state.get("settings") != settings:
+            print(f"warning: {candidate} was written under other settings; not resuming from it", file=sys.stderr)
+            continue
+        if candidate != path:
+            print(f"warning: falling back to the previous checkpoint {candidate}", file=sys.stderr)
+        return state
+    if found:
+        print(f"warning: no usable {what} at {path}; starting clean", file=sys.stderr)
     return None
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    if path.exists():  # keep the previous one until the new one is safely on disk
-        os.replace(path, path.with_suffix(path.suffix + ".prev"))
+def save_checkpoint(path, state: dict) -> None:
+    """Atomic write; the previous checkpoint is kept as `.prev` until the new one is on disk."""
+    path = Path(path)
+    if path.exists():
+        os.replace(path, Path(str(path) + ".prev"))
     save_torch(state, path)
+
+
+def rng_state() -> dict:
+    """Global torch RNG state (CPU, and every CUDA device when present) for a checkpoint."""
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: int = 0, *,
                 teacher: nn.Module | None = None, eval_set=None,
                 on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
-                checkpoint_path: str | os.PathLike | None = None, desc: str = "train") -> list[dict]:
+                checkpoint_path: str | os.PathLike | None = None, desc: str = "train",
+                soft_label_store: dict | None = None) -> list[dict]:
     """Train `model` on `train_set` following `recipe` and return per-epoch metrics.
+
+    KD targets come from `teacher` run on each augmented batch, or from `soft_label_store`
+    (teddy.relabel): its stored batches, augmentations and teacher logits replace the drawn
+    ones, so no teacher is needed and the student sees what the online run would.
 
     recipe keys: epochs, batch_size, optimizer (sgd|adam|adamw), lr, momentum, weight_decay,
     warmup_epochs, augment ({} for none), temperature (KD), hard_label_weight (KD + CE mix),
@@ -119,21 +151,29 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
     torch.manual_seed(seed)
     aug_cfg = recipe.get("augment") or {}
     temperature = float(recipe.get("temperature", 4.0))
-    hard_weight = float(recipe.get("hard_label_weight", 0.0 if teacher is not None else 1.0))
+    kd = teacher is not None or soft_label_store is not None
+    hard_weight = float(recipe.get("hard_label_weight", 0.0 if kd else 1.0))
+    if soft_label_store is not None:
+        if teacher is not None:
+            raise ValueError("give train_model a teacher or a soft_label_store, not both")
+        check_store(soft_label_store, train_set.images, recipe, seed)
     amp = bool(recipe.get("amp", False))
     if teacher is not None:
         teacher.to(device).eval()
     history, start_epoch = [], 0
 
     ckpt_path = Path(checkpoint_path) if checkpoint_path else None
+    # a checkpoint only resumes the same run: same recipe, seed, data size and teacher use
+    settings = {"recipe": dict(recipe), "seed": int(seed), "train_size": len(train_set),
+                "teacher": kd}
     if ckpt_path is not None:
-        state = _load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path, settings=settings)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
+            set_rng_state(state)
             history, start_epoch = state["history"], state["epoch"]
             print(f"resuming {desc} from {ckpt_path} at epoch {start_epoch}/{epochs}", file=sys.stderr)
     every = int(recipe.get("checkpoint_every", max(1, epochs // 10)))
@@ -144,9 +184,12 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
     for epoch in bar:
         model.train()
         total_loss, seen = 0.0, 0
-        for step, (x, y) in enumerate(batches(train_set, batch_size, True, generator, device)):
-            if aug_cfg:
-                x = augment(x, aug_cfg, generator)
+        if soft_label_store is None:
+            epoch_batches = ((augment(x, aug_cfg, generator) if aug_cfg else x, y, None)
+                             for x, y in batches(train_set, batch_size, True, generator, device))
+        else:
+            epoch_batches = stored_batches(soft_label_store, train_set.images, train_set.targets, epoch, device)
+        for step, (x, y, teacher_logits) in enumerate(epoch_batches):
             if recipe.get("channels_last") and device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(device, amp):
@@ -155,6 +198,7 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
                 if teacher is not None:
                     with torch.no_grad():
                         teacher_logits = teacher(x)
+                if kd:
                     loss = loss + kd_loss(logits.float(), teacher_logits.float(), temperature)
             if not torch.isfinite(loss):
                 raise TeddyError(f"{desc}: non-finite loss at epoch {epoch + 1}, step {step + 1}; "
@@ -173,10 +217,10 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, metrics)
         if ckpt_path is not None and ((epoch + 1) % every == 0 and epoch + 1 < epochs):
-            _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                                         "torch_rng": torch.get_rng_state(), "history": history,
-                                         "epoch": epoch + 1})
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                                        **rng_state(), "history": history, "epoch": epoch + 1,
+                                        "settings": settings})
     return history
 
 

@@ -42,7 +42,9 @@ def distill_pool_inputs(wildcards):
 
 
 def used_pools():
-    return sorted({r["pool"] for r in config["distill"]["methods"].values() if r.get("pool")})
+    """Pools with members on disk (and so a manifest); a `fresh` pool has neither."""
+    pools = {r["pool"] for r in config["distill"]["methods"].values() if r.get("pool")}
+    return sorted(p for p in pools if config["pools"][p]["generator"] != "fresh")
 
 
 def all_targets():

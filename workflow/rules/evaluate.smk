@@ -4,6 +4,9 @@ rule evaluate:
     input:
         distilled=f"{R}/distilled/{{method}}/ipc{{ipc}}/data.pt",
         teacher=f"{R}/base/{BASE_ARCH}/model.pt",
+        # only when evaluate.labels is stored: the precomputed teacher logits of this seed
+        soft_labels=lambda wc: ([f"{R}/distilled/{wc.method}/ipc{wc.ipc}/soft_labels_seed{wc.seed}.pt"]
+                                if config["evaluate"].get("labels", "online_kd") == "stored" else []),
     output:
         f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/seed{{seed}}.json",
     params:

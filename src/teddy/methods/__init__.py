@@ -14,6 +14,9 @@ from teddy.methods.base import Distilled, DistillTask
 METHODS = {
     "teddy": "teddy.methods.teddy",
     "random": "teddy.methods.random_subset",
+    "sre2l": "teddy.methods.sre2l",
+    "bilevel": "teddy.methods.bilevel",
+    "herding": "teddy.methods.herding",
 }
 
 

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from teddy.data import DatasetInfo, apply_augment, class_indices, pixel_bounds, sample_augment_params, stack_items
 from teddy.errors import TeddyError
-from teddy.io import load_torch, save_torch
 from teddy.pool import WeakPool
+from teddy.train import autocast_for, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 @dataclass
@@ -82,22 +82,22 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
     aug_cfg = r.get("augment") or {}
     log_every = int(r.get("log_every", max(1, iterations // 20)))
     ckpt_every = int(r.get("checkpoint_every", max(1, iterations // 10)))
+    amp = bool(r.get("amp", False))  # bf16 autocast of the forward pass, CUDA only
     ckpt = Path(task.checkpoint_path) if task.checkpoint_path else None
     history, start, elapsed = [], 0, 0.0
+    # a checkpoint only resumes the same run: same recipe, IPC, seed and image count
+    settings = {"recipe": dict(r), "ipc": int(task.ipc), "seed": int(task.seed), "images": int(syn.shape[0])}
 
-    if ckpt is not None and ckpt.exists():
-        try:
-            state = load_torch(ckpt, what="distillation checkpoint")
-            with torch.no_grad():
-                syn.copy_(state["images"].to(device))
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            history, start, elapsed = state["history"], state["iteration"], state["elapsed"]
-            print(f"resuming {desc} from {ckpt} at iteration {start}/{iterations}", file=sys.stderr)
-        except TeddyError as exc:
-            print(f"warning: {exc}; starting clean", file=sys.stderr)
+    state = load_checkpoint(ckpt, "distillation checkpoint", settings) if ckpt is not None else None
+    if state is not None:
+        with torch.no_grad():
+            syn.copy_(state["images"].to(device))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        set_rng_state(state)
+        history, start, elapsed = state["history"], state["iteration"], state["elapsed"]
+        print(f"resuming {desc} from {ckpt} at iteration {start}/{iterations}", file=sys.stderr)
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, iterations), desc=desc, file=sys.stderr, mininterval=5, disable=False,
@@ -109,7 +109,8 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
         if aug_cfg:
             x = apply_augment(x, sample_augment_params(x.shape[0], task.info.image_size, aug_cfg, generator))
         model = task.pool.sample(it, generator) if task.pool is not None else None
-        loss, parts = loss_fn(model, x, labels[idx.to(device)], it)
+        with autocast_for(device, amp):
+            loss, parts = loss_fn(model, x, labels[idx.to(device)], it)
         if not torch.isfinite(loss):
             raise TeddyError(f"{desc}: non-finite loss at iteration {it + 1}; "
                              f"last good checkpoint kept at {ckpt}")
@@ -119,14 +120,23 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
         scheduler.step()
         with torch.no_grad():
             syn.copy_(torch.maximum(torch.minimum(syn, hi), lo))
-        if (it + 1) % log_every == 0 or it == start:
-            history.append({"iteration": it + 1, "loss": float(loss), **parts})
-            bar.set_postfix(loss=round(float(loss), 4))
+        if (it + 1) % log_every == 0 or it == 0:  # the same log whether or not the run was resumed
+            history.append({"iteration": it + 1, "loss": loss.item(), **parts})
+            bar.set_postfix(loss=round(loss.item(), 4))
         if ckpt is not None and (it + 1) % ckpt_every == 0 and it + 1 < iterations:
-            save_torch({"images": syn.detach().cpu(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(), "history": history, "iteration": it + 1,
-                        "elapsed": elapsed + time.perf_counter() - t0}, ckpt)
+            save_checkpoint(ckpt, {"images": syn.detach().cpu(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                                   **rng_state(), "history": history, "iteration": it + 1,
+                                   "elapsed": elapsed + time.perf_counter() - t0, "settings": settings})
     seconds = elapsed + time.perf_counter() - t0
     return Distilled(syn.detach().cpu(), labels.cpu(),
                      {"history": history, "iterations": iterations, "optimise_seconds": seconds})
+
+
+def single_pool_model(task: DistillTask, method: str) -> torch.nn.Module:
+    """The one strong model of a `single` pool (sre2l and herding work against the base model)."""
+    members = getattr(task.pool, "members", None)
+    if not members or len(members) != 1:
+        raise TeddyError(f"{method} works against the base model alone: its recipe key pool must name a pool "
+                         f"with generator: single (got {len(members) if members else 'no'} stored members)")
+    return members[0].to(task.device).eval()

@@ -2,12 +2,34 @@
 
 matching: statistics (METHOD.md section 2): CE + alpha * weighted BN-statistics distance at a
 pool model sampled each iteration. Nothing is unrolled, so memory is one forward/backward.
+
+matching: gradient (METHOD.md section 2): for the pool model drawn this iteration and every
+class c present in the batch, D(grad_theta CE(f(A(S_c)), c), grad_theta CE(f(T_c), c)), D the
+per-output-row cosine distance of `gradient_distance`, summed over classes. The real-data
+gradients are computed once per (pool member, class) from `real_batch_per_class` real images
+(default 64) before the loop, so the loop never reads the real set. Pool models stay in eval
+mode on both sides: BatchNorm then normalises with the member's running (real-data) statistics,
+so a gradient does not depend on the batch size or class mix (the real side uses 64 images of
+one class, the synthetic side IPC), and the cached gradients are those of the frozen function
+the pool holds.
+
+Recipe keys: matching, alpha, first_bn_weight, ce_weight (statistics); real_batch_per_class,
+gradient_cache (gradient: a file to keep the real gradients in; reused when present, and then
+it must match the pool).
 """
 
-import torch
+from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from teddy.data import class_indices, stack_items
 from teddy.errors import TeddyError
-from teddy.losses import bn_statistics_loss
+from teddy.io import load_torch, save_torch
+from teddy.losses import bn_statistics_loss, gradient_distance
 from teddy.methods.base import Distilled, DistillTask, initial_images, optimise_synthetic
 
 
@@ -21,7 +43,89 @@ def statistics_loss_fn(recipe: dict):
     return loss_fn
 
 
-MATCHING = {"statistics": statistics_loss_fn}
+# --- gradient matching ------------------------------------------------------------------------
+
+def parameter_shapes(model: torch.nn.Module) -> list[list[int]]:
+    return [list(p.shape) for p in model.parameters()]
+
+
+def class_gradients(model: torch.nn.Module, x: torch.Tensor, label: int, create_graph: bool) -> tuple:
+    """grad_theta CE(model(x), label) for every parameter of `model`, in eval mode. The pool's
+    parameters are frozen, so the model is called with detached copies that require grad."""
+    params = {name: p.detach().requires_grad_(True) for name, p in model.named_parameters()}
+    logits = functional_call(model, params, (x,))
+    loss = F.cross_entropy(logits, torch.full((x.shape[0],), label, dtype=torch.long, device=x.device))
+    return torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+
+
+def real_gradients(pool, real, num_classes: int, per_class: int, generator: torch.Generator,
+                   device: torch.device) -> dict:
+    """The cache: for each pool member and class, the real-data gradient from `per_class` random
+    real images of that class (all of them when the class has fewer)."""
+    if per_class < 1:
+        raise TeddyError(f"real_batch_per_class must be >= 1, got {per_class} (recipe key real_batch_per_class)")
+    chosen = [idx[torch.randperm(len(idx), generator=generator)[:per_class]]
+              for idx in class_indices(real.targets, num_classes)]
+    grads = []
+    for model in pool.members:
+        model.eval()
+        per_member = []
+        for c, idx in enumerate(chosen):
+            if len(idx) == 0:
+                per_member.append(None)  # a class absent from the real set cannot be matched
+                continue
+            x, _ = stack_items(real, idx)
+            per_member.append([g.detach() for g in class_gradients(model, x.to(device), c, create_graph=False)])
+        grads.append(per_member)
+    return {"names": list(pool.names), "shapes": [parameter_shapes(m) for m in pool.members],
+            "per_class": per_class, "grads": grads}
+
+
+def check_gradient_cache(cache: dict, pool) -> None:
+    """A cache belongs to one pool: same members, in the same order, with the same shapes."""
+    names, shapes = list(pool.names), [parameter_shapes(m) for m in pool.members]
+    if cache.get("names") != names:
+        raise TeddyError(f"gradient cache was made for pool members {cache.get('names')}, but the pool has "
+                         f"{names} (recipe keys pool / pool_size / gradient_cache)")
+    for name, cached, actual in zip(names, cache["shapes"], shapes):
+        if cached != actual:
+            raise TeddyError(f"gradient cache: pool member '{name}' has parameter shapes {actual}, the cache "
+                             f"{cached} (recipe key gradient_cache: delete it or point it elsewhere)")
+
+
+def load_or_make_gradient_cache(task: DistillTask, generator: torch.Generator) -> dict:
+    path = task.recipe.get("gradient_cache")
+    if path and Path(path).exists():
+        cache = load_torch(path, what="gradient cache")
+    else:
+        cache = real_gradients(task.pool, task.real, task.info.num_classes,
+                               int(task.recipe.get("real_batch_per_class", 64)), generator, task.device)
+        if path:
+            save_torch(cache, path)
+    check_gradient_cache(cache, task.pool)
+    return cache
+
+
+def gradient_loss_fn(pool, cache: dict):
+    check_gradient_cache(cache, pool)
+    member_index = {id(m): i for i, m in enumerate(pool.members)}
+    device = next(pool.members[0].parameters()).device
+    cached = [[None if g is None else [t.to(device) for t in g] for g in member] for member in cache["grads"]]
+
+    def loss_fn(model, x, y, iteration):
+        real = cached[member_index[id(model)]]
+        total = x.new_zeros(())
+        # one small forward per class: in eval mode this equals slicing a full-batch forward,
+        # and each double-backward graph then spans only that class's images
+        for c in torch.unique(y).tolist():
+            if real[c] is None:
+                raise TeddyError(f"gradient matching: class {c} has no real images in the gradient cache")
+            total = total + gradient_distance(class_gradients(model, x[y == c], c, create_graph=True), real[c])
+        return total, {"grad": total.item()}
+    return loss_fn
+
+
+MATCHING = ("statistics", "gradient")
 
 
 def distill(task: DistillTask) -> Distilled:
@@ -34,5 +138,13 @@ def distill(task: DistillTask) -> Distilled:
     torch.manual_seed(task.seed)
     images, labels = initial_images(task, generator)
     task.pool.to(task.device)
-    return optimise_synthetic(task, images, labels, MATCHING[matching](task.recipe), generator,
-                              desc=f"teddy-{matching} ipc{task.ipc}")
+    if matching == "statistics":
+        loss_fn = statistics_loss_fn(task.recipe)
+    else:
+        if not hasattr(task.pool, "members"):
+            raise TeddyError("gradient matching caches real gradients per pool member, so it needs a pool of "
+                             "stored members, not a fresh one (recipe keys matching / pool)")
+        # its own generator, so the synthetic run is the same whether the cache was made or loaded
+        cache = load_or_make_gradient_cache(task, torch.Generator().manual_seed(task.seed + 1))
+        loss_fn = gradient_loss_fn(task.pool, cache)
+    return optimise_synthetic(task, images, labels, loss_fn, generator, desc=f"teddy-{matching} ipc{task.ipc}")
