@@ -2,9 +2,11 @@
 
 The cluster (tests/local_slurm.py) is started once for this module: one node, 2 CPUs, one
 fake GPU. The tiny Fashion-MNIST pipeline of tests/test_workflow.py, shrunk to one job per
-rule (about 2-3 minutes on 2 busy cores), runs through ``workflow/profiles/slurm`` with ``gpus_per_job: 1``; every stage must
-have been its own SLURM job, the training stages with a GPU allocated and the CPU stages
-without. Skips, saying why, where SLURM cannot run (see tests/install_slurm.sh).
+rule, runs through ``workflow/profiles/slurm`` with ``gpus_per_job: 1`` (about 3 minutes on 2
+busy cores); every stage must have been its own SLURM job, the training stages with a GPU
+allocated and the CPU stages without. Then a distillation job is requeued by SLURM mid-run and
+must resume from its checkpoint. Skips, saying why, where SLURM cannot run (see
+tests/install_slurm.sh).
 """
 
 from __future__ import annotations
@@ -84,7 +86,6 @@ def kill_job_processes(jobid: str) -> int:
         try:
             mine = f"SLURM_JOB_ID={jobid}".encode() in (proc / "environ").read_bytes().split(b"\0")
             if proc.name.isdigit() and mine:
-                print("DEBUG", (proc / "cmdline").read_bytes().replace(b"\0", b" ")[:300])
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed += 1
         except (OSError, ProcessLookupError):
@@ -153,10 +154,10 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_env, tiny_run):
         while "JobState=PENDING" not in scontrol(slurm_env, "show", "job", jobid):
             assert time.monotonic() < deadline, "the requeued job never went back to PENDING"
             time.sleep(0.5)
-        # The test node tracks processes by parentage (proctrack/linuxproc), so the stage's Python,
-        # orphaned when the job's snakemake exits on SIGTERM, can outlive the requeue. Finish it as
-        # a lost node (or cgroup tracking) would, before the job may start again.
-        print("killed", kill_job_processes(jobid))
+        # On the test node (proctrack/linuxproc) the job's outer snakemake can still be shutting
+        # down when the job is back in the queue: finish what is left of the first attempt, as a
+        # lost node would, before the job may start again.
+        kill_job_processes(jobid)
         # a requeued job waits about two minutes (BeginTime) before it may start again: not here
         scontrol(slurm_env, "update", f"JobId={jobid}", "StartTime=now")
         out, _ = run.communicate(timeout=300)
