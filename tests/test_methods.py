@@ -12,15 +12,7 @@ from teddy.pool import WeakPool
 
 INFO = DatasetInfo("toy", 10, 1, 28, (0.3,), (0.3,))
 TINY = {"depth": 2, "width": 8}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: many small ops, where a second (shared) thread only adds synchronisation."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _toy_set(n=200, seed=0):

@@ -12,14 +12,7 @@ from teddy.train import train_model
 CPU = torch.device("cpu")
 RECIPE = {"epochs": 3, "batch_size": 8, "optimizer": "adamw", "lr": 1e-2, "temperature": 4.0,
           "augment": {"crop": True, "crop_scale": [0.5, 1.0], "flip": True, "max_shift": 2}}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _distilled(n=20):
