@@ -157,6 +157,14 @@ def read_manifest(path) -> list[dict]:
 
 # --- sampling during distillation ------------------------------------------------------------
 
+def freeze(model: nn.Module) -> nn.Module:
+    """Pool models are matched against, never trained: eval mode, no parameter gradients."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 @dataclass
 class WeakPool:
     """Models cached once; `sample(iteration, generator)` picks the one to match this step."""
@@ -171,9 +179,7 @@ class WeakPool:
         if self.policy not in ("uniform", "round_robin"):
             raise TeddyError(f"unknown sampling policy '{self.policy}' (recipe key sampling)")
         for m in self.members:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
+            freeze(m)
 
     def __len__(self):
         return len(self.members)
@@ -243,7 +249,4 @@ class FreshModelPool:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return model
+        return freeze(model)

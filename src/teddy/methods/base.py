@@ -40,15 +40,20 @@ class Distilled:
     log: dict
 
 
-def select_real(task: DistillTask, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ipc` random real images of every class, class-major order."""
+def real_indices_per_class(task: DistillTask) -> list[torch.Tensor]:
+    """Indices of the real images of each class, checked to hold at least `ipc` each."""
     if task.ipc < 1:
         raise TeddyError(f"IPC must be >= 1, got {task.ipc} (config key distill.ipc)")
-    chosen = []
-    for c, idx in enumerate(class_indices(task.real.targets, task.info.num_classes)):
+    per_class = class_indices(task.real.targets, task.info.num_classes)
+    for c, idx in enumerate(per_class):
         if len(idx) < task.ipc:
             raise TeddyError(f"class {c} has {len(idx)} real images, fewer than IPC {task.ipc}")
-        chosen.append(idx[torch.randperm(len(idx), generator=generator)[: task.ipc]])
+    return per_class
+
+
+def select_real(task: DistillTask, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ipc` random real images of every class, class-major order."""
+    chosen = [idx[torch.randperm(len(idx), generator=generator)[: task.ipc]] for idx in real_indices_per_class(task)]
     return stack_items(task.real, torch.cat(chosen))
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from teddy.data import batches, class_indices, stack_items
+from teddy.data import batches, stack_items
 from teddy.errors import TeddyError
-from teddy.methods.base import Distilled, DistillTask, single_pool_model
+from teddy.methods.base import Distilled, DistillTask, real_indices_per_class, single_pool_model
 from teddy.pool import classifier_layer
 
 
@@ -53,17 +53,14 @@ def herd(features: torch.Tensor, count: int) -> list[int]:
 
 
 def distill(task: DistillTask) -> Distilled:
-    if task.ipc < 1:
-        raise TeddyError(f"IPC must be >= 1, got {task.ipc} (config key distill.ipc)")
+    per_class = real_indices_per_class(task)
     model = single_pool_model(task, "herding")
     cap = task.recipe.get("herding_candidates")
     if cap is not None and int(cap) < task.ipc:
         raise TeddyError(f"herding_candidates={cap} is below IPC {task.ipc} (recipe key herding_candidates)")
     generator = torch.Generator().manual_seed(task.seed)
     selected = []
-    for c, idx in enumerate(class_indices(task.real.targets, task.info.num_classes)):
-        if len(idx) < task.ipc:
-            raise TeddyError(f"class {c} has {len(idx)} real images, fewer than IPC {task.ipc}")
+    for idx in per_class:
         if cap is not None:
             idx = idx[torch.randperm(len(idx), generator=generator)[: int(cap)]].sort().values
         features = F.normalize(penultimate_features(model, task.real.subset(idx), task.info.num_classes,

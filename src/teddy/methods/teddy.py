@@ -102,8 +102,7 @@ def load_or_make_gradient_cache(task: DistillTask, generator: torch.Generator) -
                                int(task.recipe.get("real_batch_per_class", 64)), generator, task.device)
         if path:
             save_torch(cache, path)
-    check_gradient_cache(cache, task.pool)
-    return cache
+    return cache  # gradient_loss_fn checks it against the pool
 
 
 def gradient_loss_fn(pool, cache: dict):
