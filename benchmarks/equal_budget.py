@@ -85,7 +85,7 @@ def main():
     torch.set_num_threads(args.threads)
     start, load_at_start = time.perf_counter(), os.getloadavg()[0]
     cfg = yaml.safe_load(Path(args.config).read_text())
-    info = dataset_info(cfg["dataset"]["name"])
+    info = dataset_info(cfg["dataset"])
     real, test_set = load_split(cfg["dataset"], "train"), load_split(cfg["dataset"], "test")
     base, prior, models_from = base_and_pool(cfg, real)
     single = WeakPool([base], ["base"])

@@ -56,7 +56,7 @@ def main():
     torch.set_num_threads(args.threads)
     cfg = yaml.safe_load(Path(args.config).read_text())
     R = REPO / cfg["results_dir"]
-    info = dataset_info(cfg["dataset"]["name"])
+    info = dataset_info(cfg["dataset"])
     real, val_set = load_split(cfg["dataset"], "train"), load_split(cfg["dataset"], "val")
     teacher, _ = load_model(R / "base" / cfg["base"]["arch"] / "model.pt")
     snapshots = {int(p.stem[5:]): load_model(p)[0] for p in sorted((R / "base/convnet/snapshots").glob("epoch*.pt"))}

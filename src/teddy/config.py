@@ -11,7 +11,7 @@ from teddy.pool import member_names
 
 def check_config(cfg: dict) -> None:
     """Raise TeddyError naming the offending key; called when the workflow loads."""
-    dataset_info(cfg["dataset"]["name"])
+    dataset_info(cfg["dataset"])
     archs = [cfg["base"]["arch"]] + list(cfg["evaluate"]["students"])
     for arch in archs:
         if arch not in MODELS:

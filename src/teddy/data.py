@@ -47,7 +47,9 @@ DATASETS = {
 }
 
 
-def dataset_info(name: str) -> DatasetInfo:
+def dataset_info(dataset: str | dict) -> DatasetInfo:
+    """The dataset's fixed facts, from its config section (`cfg["dataset"]`) or its name."""
+    name = dataset["name"] if isinstance(dataset, dict) else dataset
     if name not in DATASETS:
         raise TeddyError(f"unknown dataset '{name}' (config key dataset.name); known: {sorted(DATASETS)}")
     return DATASETS[name]
@@ -231,7 +233,7 @@ def _download(name: str, root: Path) -> None:
 
 def load_split(dataset_cfg: dict, split: str):
     """Return the `train`, `val` (held out of train) or `test` split of the configured dataset."""
-    info = dataset_info(dataset_cfg["name"])
+    info = dataset_info(dataset_cfg)
     root = Path(dataset_cfg["root"])
     if dataset_cfg.get("download", False):
         _download(info.name, root)

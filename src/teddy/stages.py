@@ -32,7 +32,7 @@ def arch_spec(cfg: dict, arch: str) -> dict:
 def build(cfg: dict, arch: str, seed: int | None = None):
     if seed is not None:
         torch.manual_seed(seed)  # the initial weights are part of what a seed controls
-    return model_from_spec(arch_spec(cfg, arch), dataset_info(cfg["dataset"]["name"]))
+    return model_from_spec(arch_spec(cfg, arch), dataset_info(cfg["dataset"]))
 
 
 # 1. base model ------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def train_base(cfg: dict, model_out, metrics_out, snapshot_dir, checkpoint=None)
 def pool_member(cfg: dict, pool_name: str, member: str, base_model, base_metrics, out_path, checkpoint=None) -> dict:
     pool_cfg = cfg["pools"][pool_name]
     generator = pool_cfg["generator"]
-    info = dataset_info(cfg["dataset"]["name"])
+    info = dataset_info(cfg["dataset"])
     device = resolve_device(cfg.get("device", "auto"))
     test_set = load_split(cfg["dataset"], "test")
     finetune_epochs = 0
@@ -126,7 +126,7 @@ def pool_manifest(member_paths, out_csv) -> list[dict]:
 def distill(cfg: dict, method_name: str, ipc: int, pool_member_paths, data_out, grid_out, log_out,
             checkpoint=None) -> dict:
     recipe = cfg["distill"]["methods"][method_name]
-    info = dataset_info(cfg["dataset"]["name"])
+    info = dataset_info(cfg["dataset"])
     device = resolve_device(cfg.get("device", "auto"))
     seed = int(cfg["distill"].get("seed", 0))
     real = load_split(cfg["dataset"], "train")
