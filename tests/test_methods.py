@@ -1,10 +1,16 @@
+import math
+
 import pytest
 import torch
 
 from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.errors import TeddyError
 from teddy.methods import METHODS, DistillTask, get_method
+from teddy.data import apply_augment, pixel_bounds, sample_augment_params
+from teddy.methods.base import chosen_real, optimise_synthetic, run_batches
 from teddy.methods.bilevel import unrolled_loss
+from teddy.methods.teddy import statistics_loss_fn
+from teddy.shards import batch_plan, batch_seed, num_batches, shard_ranges
 from teddy.methods.herding import herd
 from teddy.methods.teddy import check_gradient_cache, gradient_loss_fn, real_gradients
 from teddy.models import build_model
@@ -49,7 +55,7 @@ def test_every_method_is_registered():
 def test_optimising_methods_lower_their_own_loss(case):
     method, recipe, pool_size = OPTIMISING[case]
     result = get_method(method)(DistillTask(_toy_set(), INFO, _pool(pool_size), 2, recipe, seed=0))
-    losses = [h["loss"] for h in result.log["history"]]
+    losses = [h["loss"] for h in result.log["batches"][0]["history"]]
     assert result.images.shape == (20, 1, 28, 28) and torch.isfinite(result.images).all()
     assert len(losses) == 30 and losses[-1] < losses[0]
 
@@ -70,7 +76,7 @@ def test_bilevel_lowers_its_own_objective():
 
     start = get_method("random")(DistillTask(real, INFO, None, 2, {}, seed=0))  # bilevel's real init
     result = get_method("bilevel")(DistillTask(real, INFO, None, 2, BILEVEL, seed=0))
-    assert torch.equal(result.labels, start.labels) and len(result.log["history"]) == 30
+    assert torch.equal(result.labels, start.labels) and len(result.log["batches"][0]["history"]) == 30
     assert objective(result.images, result.labels) < objective(start.images, start.labels) - 0.02
 
 
@@ -200,3 +206,105 @@ def test_nan_loss_stops_sre2l_and_bilevel():
     with pytest.raises(TeddyError, match="non-finite loss at iteration 1"):
         get_method("bilevel")(DistillTask(real, INFO, None, 1, {"iterations": 3, "unroll_steps": 1,
                                                                "inner_arch_options": TINY}))
+
+
+# --- per-batch optimisation -----------------------------------------------------------------
+
+@pytest.mark.parametrize("classes,ipc,batch,sizes", [
+    (10, 10, 100, [100]),            # Fashion-MNIST default: one class-mixed batch, as before
+    (10, 5, 25, [20, 20, 10]),       # two whole IPC indices per batch, the last one alone
+    (100, 3, 100, [100] * 3),        # one IPC index x all classes
+    (1000, 2, 100, [100] * 20),      # ImageNet-1K: one IPC index x 100 classes
+    (10, 3, 4, [4, 4, 2] * 3),       # classes in chunks within one IPC index
+])
+def test_batch_plan_covers_every_slot_once(classes, ipc, batch, sizes):
+    plan = batch_plan(classes, ipc, batch)
+    assert [len(labels) for labels, _ in plan] == sizes and num_batches(classes, ipc, batch) == len(plan)
+    slots = [(c, j) for labels, js in plan for c, j in zip(labels.tolist(), js.tolist())]
+    assert sorted(slots) == [(c, j) for c in range(classes) for j in range(ipc)]
+
+
+def test_shard_ranges_and_batch_seeds():
+    assert shard_ranges(10, None) == [range(10)]
+    assert shard_ranges(10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
+    assert batch_seed(0, "teddy", 10, 3) == batch_seed(0, "teddy", 10, 3)  # the same in every process
+    assert len({batch_seed(0, "teddy", 10, b) for b in range(50)} | {batch_seed(0, "sre2l", 10, 0)}) == 51
+
+
+def test_each_batch_gets_its_own_optimiser_and_exactly_iterations_steps(monkeypatch):
+    made = []
+
+    class CountingAdam(torch.optim.Adam):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lrs = []
+            made.append(self)
+
+        def step(self, closure=None):
+            self.lrs.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adam", CountingAdam)
+    recipe = {**BASE, "iterations": 7, "batch_size": 8, "lr": 0.05, "matching": "statistics"}
+    result = get_method("teddy")(DistillTask(_toy_set(), INFO, _pool(1), 2, recipe, seed=0))
+    n = num_batches(10, 2, 8)
+    assert n == 4 and len(made) == n and len(result.log["batches"]) == n
+    for opt in made:  # fresh state and a cosine schedule that starts again at lr for each batch
+        assert len(opt.lrs) == 7 and opt.lrs[0] == 0.05 and opt.lrs[-1] < 0.05
+    assert all(len(b["history"]) == 7 for b in result.log["batches"])
+    assert result.images.shape == (20, 1, 28, 28)
+
+
+def test_a_set_that_fits_one_batch_is_optimised_as_before():
+    """Fashion-MNIST default (IPC x classes <= batch_size): the per-batch harness runs the very
+    loop of the pre-change code (one Adam over the whole set, every step the whole set), given the
+    same initial images and generator; only the seed now comes from (seed, name, IPC, batch 0)."""
+    real, pool = _toy_set(), _pool(2)
+    recipe = {"iterations": 12, "batch_size": 100, "lr": 0.05, "log_every": 1, "matching": "statistics",
+              "augment": {"crop": True, "crop_scale": [0.5, 1.0], "flip": True, "max_shift": 2}}
+    task = DistillTask(real, INFO, pool, 3, recipe, seed=5, name="teddy")
+    new = get_method("teddy")(task)
+
+    # the pre-change whole-set loop, inline
+    seed = batch_seed(5, "teddy", 3, 0)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    chosen = chosen_real(task, torch.Generator().manual_seed(5))
+    syn = torch.cat([real.images[idx] for idx in chosen]).clone().requires_grad_(True)
+    labels = torch.arange(10).repeat_interleave(3)
+    optimizer = torch.optim.Adam([syn], lr=0.05, betas=(0.5, 0.9))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.5 * (1 + math.cos(math.pi * it / 12)))
+    lo, hi = pixel_bounds(INFO)
+    loss_fn = statistics_loss_fn(recipe)
+    for it in range(12):
+        x = apply_augment(syn, sample_augment_params(30, 28, recipe["augment"], generator))
+        loss, _ = loss_fn(pool.sample(it, generator), x, labels, it)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            syn.copy_(torch.maximum(torch.minimum(syn, hi), lo))
+    assert torch.equal(new.labels, labels) and torch.equal(new.images, syn.detach())
+
+
+def test_result_does_not_depend_on_how_batches_are_grouped():
+    real, recipe = _toy_set(), {**BASE, "iterations": 4, "batch_size": 10}
+    whole = get_method("teddy")(DistillTask(real, INFO, _pool(2), 3, recipe, seed=1))
+    parts = [get_method("teddy")(DistillTask(real, INFO, _pool(2), 3, recipe, seed=1, batches=r))
+             for r in shard_ranges(3, 2)]
+    assert torch.equal(whole.images, torch.cat([p.images for p in parts]))
+    assert torch.equal(whole.index_in_class, torch.cat([p.index_in_class for p in parts]))
+
+
+def test_batches_are_handed_over_and_not_kept():
+    seen = []
+    task = DistillTask(_toy_set(), INFO, None, 2, {"method": "random", "batch_size": 10}, seed=0,
+                       on_batch=lambda b: seen.append((b.index, b.images.shape[0])))
+    result = get_method("random")(task)
+    assert seen == [(0, 10), (1, 10)] and result.images.shape[0] == 0
+
+
+def test_batch_beyond_the_set_is_one_line():
+    with pytest.raises(TeddyError, match="batch 5 is beyond the set"):
+        get_method("random")(DistillTask(_toy_set(), INFO, None, 2, {"batch_size": 10}, batches=[5]))

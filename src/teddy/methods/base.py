@@ -1,6 +1,13 @@
 """The shared harness: the task description, real-image selection, and the synthetic-image
 optimisation loop every optimisation-based method runs (Adam on normalised pixels, cosine
-schedule, augmentation each step, pixel clipping, NaN guard, checkpoint/resume)."""
+schedule, augmentation each step, pixel clipping, NaN guard, checkpoint/resume).
+
+Per-batch optimisation (`run_batches`): the set is cut into synthetic batches
+(`teddy.shards.batch_plan`); each batch gets `iterations` steps with a fresh Adam and its own
+cosine schedule, a generator (and global torch seed) from (seed, method name, IPC, batch
+index), then is handed to `task.on_batch` (the stage writes its PNGs) and freed, so peak
+memory is that of one batch whatever the IPC. `task.batches` restricts the run to some batch
+indices (a shard, less the batches already written)."""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -18,6 +25,7 @@ from tqdm import tqdm
 from teddy.data import DatasetInfo, apply_augment, class_indices, pixel_bounds, sample_augment_params, stack_items
 from teddy.errors import TeddyError
 from teddy.pool import WeakPool
+from teddy.shards import batch_plan, batch_seed
 from teddy.train import autocast_for, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
@@ -31,12 +39,29 @@ class DistillTask:
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     checkpoint_path: str | os.PathLike | None = None
+    name: str = ""               # the method's name in the config (seeds the batches); default recipe method
+    batches: Sequence[int] | None = None  # batch indices to run (None: every batch of the set)
+    on_batch: Callable[["SyntheticBatch"], None] | None = None  # None: keep the batches and return them
+
+    @property
+    def seed_name(self) -> str:
+        return self.name or str(self.recipe.get("method", ""))
 
 
 @dataclass
 class Distilled:
     images: torch.Tensor         # N x C x H x W, normalised
     labels: torch.Tensor         # N
+    log: dict
+    index_in_class: torch.Tensor | None = None  # N; None: the order of the images within each class
+
+
+@dataclass
+class SyntheticBatch:
+    index: int                   # batch index in the set's plan
+    images: torch.Tensor         # n x C x H x W, normalised, on the CPU
+    labels: torch.Tensor
+    index_in_class: torch.Tensor
     log: dict
 
 
@@ -51,10 +76,14 @@ def real_indices_per_class(task: DistillTask) -> list[torch.Tensor]:
     return per_class
 
 
+def chosen_real(task: DistillTask, generator: torch.Generator) -> list[torch.Tensor]:
+    """Per class, the indices of `ipc` random real images (index j is image j of the class)."""
+    return [idx[torch.randperm(len(idx), generator=generator)[: task.ipc]] for idx in real_indices_per_class(task)]
+
+
 def select_real(task: DistillTask, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """`ipc` random real images of every class, class-major order."""
-    chosen = [idx[torch.randperm(len(idx), generator=generator)[: task.ipc]] for idx in real_indices_per_class(task)]
-    return stack_items(task.real, torch.cat(chosen))
+    return stack_items(task.real, torch.cat(chosen_real(task, generator)))
 
 
 def initial_images(task: DistillTask, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,11 +100,12 @@ LossFn = Callable[[torch.nn.Module | None, torch.Tensor, torch.Tensor, int], tup
 
 
 def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn,
-                       generator: torch.Generator, desc: str) -> Distilled:
-    """Minimise `loss_fn(model, augmented_batch, batch_labels, iteration)` over the synthetic
-    pixels. `model` is drawn from the pool each iteration (None when the task has no pool)."""
+                       generator: torch.Generator, desc: str, batch: int = 0) -> Distilled:
+    """Minimise `loss_fn(model, augmented_images, labels, iteration)` over the pixels of one
+    synthetic batch (all of `images`, every step), with a fresh Adam and cosine schedule.
+    `model` is drawn from the pool each iteration (None when the task has no pool)."""
     r, device = task.recipe, task.device
-    iterations, batch_size = int(r.get("iterations", 1000)), int(r.get("batch_size", 100))
+    iterations = int(r.get("iterations", 1000))
     if iterations < 1:
         raise TeddyError(f"iterations must be >= 1, got {iterations}")
     syn = images.clone().to(device).requires_grad_(True)
@@ -90,8 +120,9 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
     amp = bool(r.get("amp", False))  # bf16 autocast of the forward pass, CUDA only
     ckpt = Path(task.checkpoint_path) if task.checkpoint_path else None
     history, start, elapsed = [], 0, 0.0
-    # a checkpoint only resumes the same run: same recipe, IPC, seed and image count
-    settings = {"recipe": dict(r), "ipc": int(task.ipc), "seed": int(task.seed), "images": int(syn.shape[0])}
+    # a checkpoint only resumes the same run: same recipe, IPC, seed, batch and image count
+    settings = {"recipe": dict(r), "ipc": int(task.ipc), "seed": int(task.seed), "images": int(syn.shape[0]),
+                "name": task.seed_name, "batch": int(batch)}
 
     state = load_checkpoint(ckpt, "distillation checkpoint", settings) if ckpt is not None else None
     if state is not None:
@@ -108,14 +139,12 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
     bar = tqdm(range(start, iterations), desc=desc, file=sys.stderr, mininterval=5, disable=False,
                initial=start, total=iterations)
     for it in bar:
-        n = syn.shape[0]
-        idx = torch.randperm(n, generator=generator)[:batch_size] if n > batch_size else torch.arange(n)
-        x = syn[idx.to(device)]
+        x = syn
         if aug_cfg:
             x = apply_augment(x, sample_augment_params(x.shape[0], task.info.image_size, aug_cfg, generator))
         model = task.pool.sample(it, generator) if task.pool is not None else None
         with autocast_for(device, amp):
-            loss, parts = loss_fn(model, x, labels[idx.to(device)], it)
+            loss, parts = loss_fn(model, x, labels, it)
         if not torch.isfinite(loss):
             raise TeddyError(f"{desc}: non-finite loss at iteration {it + 1}; "
                              f"last good checkpoint kept at {ckpt}")
@@ -136,6 +165,54 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
     seconds = elapsed + time.perf_counter() - t0
     return Distilled(syn.detach().cpu(), labels.cpu(),
                      {"history": history, "iterations": iterations, "optimise_seconds": seconds})
+
+
+def run_batches(task: DistillTask, loss_fn: LossFn | None, desc: str) -> Distilled:
+    """Every batch of `task.batches` (default: the whole plan): initialised (`init`: real images
+    of the slots' classes, or noise), optimised on its own with `loss_fn` (None: kept as
+    initialised, the random real subset), then passed to `task.on_batch` or kept and returned."""
+    plan = batch_plan(task.info.num_classes, task.ipc, int(task.recipe.get("batch_size", 100)))
+    wanted = range(len(plan)) if task.batches is None else list(task.batches)
+    for b in wanted:
+        if not 0 <= int(b) < len(plan):
+            raise TeddyError(f"batch {b} is beyond the set: {task.seed_name} at IPC {task.ipc} has {len(plan)} "
+                             f"batches of at most {task.recipe.get('batch_size', 100)} images")
+    init = task.recipe.get("init", "real")
+    if init not in ("real", "noise"):
+        raise TeddyError(f"unknown init '{init}' (recipe key init: real or noise)")
+    # the real images are chosen for the whole set at once (seeded by the seed alone), so a
+    # batch's images do not depend on the sharding, and IPC n's choice extends IPC m < n's
+    chosen = chosen_real(task, torch.Generator().manual_seed(task.seed)) if init == "real" else None
+    kept, logs = [], []
+    for b in wanted:
+        labels, index_in_class = plan[b]
+        seed = batch_seed(task.seed, task.seed_name, task.ipc, b)
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # methods drawing from the global RNG (bilevel) follow the batch too
+        if chosen is not None:
+            images, _ = stack_items(task.real, torch.stack([chosen[c][j] for c, j in
+                                                            zip(labels.tolist(), index_in_class.tolist())]))
+        else:
+            info = task.info
+            images = torch.randn((len(labels), info.channels, info.image_size, info.image_size), generator=generator)
+        log = {"batch": int(b), "images": int(len(labels)), "seed": seed}
+        if loss_fn is not None:
+            result = optimise_synthetic(task, images, labels, loss_fn, generator,
+                                        desc=f"{desc} batch {b + 1}/{len(plan)}", batch=int(b))
+            images = result.images
+            log.update(result.log)
+        batch = SyntheticBatch(int(b), images, labels, index_in_class, log)
+        logs.append(log)
+        if task.on_batch is not None:
+            task.on_batch(batch)  # written, then freed: nothing of it is kept here
+        else:
+            kept.append(batch)
+        del batch, images
+    if not kept:
+        empty = torch.zeros(0, task.info.channels, task.info.image_size, task.info.image_size)
+        return Distilled(empty, torch.zeros(0, dtype=torch.long), {"batches": logs}, torch.zeros(0, dtype=torch.long))
+    return Distilled(torch.cat([k.images for k in kept]), torch.cat([k.labels for k in kept]), {"batches": logs},
+                     torch.cat([k.index_in_class for k in kept]))
 
 
 def single_pool_model(task: DistillTask, method: str) -> torch.nn.Module:

@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 from teddy.data import stack_items
 from teddy.errors import TeddyError
-from teddy.methods.base import Distilled, DistillTask, initial_images, optimise_synthetic
+from teddy.methods.base import Distilled, DistillTask, run_batches
 from teddy.models import build_model
 
 
@@ -61,10 +61,9 @@ def bilevel_loss_fn(task: DistillTask):
     return loss_fn
 
 
+PER_BATCH = True  # each synthetic batch is optimised on its own, its inner model trained on that batch
+
+
 def distill(task: DistillTask) -> Distilled:
     loss_fn = bilevel_loss_fn(task)  # checks the recipe before any work
-    generator = torch.Generator().manual_seed(task.seed)
-    torch.manual_seed(task.seed)
-    images, labels = initial_images(task, generator)
-    return optimise_synthetic(task, images, labels, loss_fn, generator,
-                              desc=f"bilevel-K{task.recipe.get('unroll_steps', 10)} ipc{task.ipc}")
+    return run_batches(task, loss_fn, desc=f"bilevel-K{task.recipe.get('unroll_steps', 10)} ipc{task.ipc}")

@@ -30,7 +30,7 @@ from teddy.data import class_indices, stack_items
 from teddy.errors import TeddyError
 from teddy.io import load_torch, save_torch
 from teddy.losses import bn_statistics_loss, gradient_distance
-from teddy.methods.base import Distilled, DistillTask, initial_images, optimise_synthetic
+from teddy.methods.base import Distilled, DistillTask, run_batches
 
 
 def statistics_loss_fn(recipe: dict):
@@ -125,6 +125,7 @@ def gradient_loss_fn(pool, cache: dict):
 
 
 MATCHING = ("statistics", "gradient")
+PER_BATCH = True  # optimised batch by batch (teddy.methods.base.run_batches), so it shards
 
 
 def distill(task: DistillTask) -> Distilled:
@@ -133,9 +134,6 @@ def distill(task: DistillTask) -> Distilled:
         raise TeddyError(f"unknown matching form '{matching}' (recipe key matching); known: {sorted(MATCHING)}")
     if task.pool is None:
         raise TeddyError("teddy needs a pool (recipe key pool)")
-    generator = torch.Generator().manual_seed(task.seed)
-    torch.manual_seed(task.seed)
-    images, labels = initial_images(task, generator)
     task.pool.to(task.device)
     if matching == "statistics":
         loss_fn = statistics_loss_fn(task.recipe)
@@ -146,4 +144,4 @@ def distill(task: DistillTask) -> Distilled:
         # its own generator, so the synthetic run is the same whether the cache was made or loaded
         cache = load_or_make_gradient_cache(task, torch.Generator().manual_seed(task.seed + 1))
         loss_fn = gradient_loss_fn(task.pool, cache)
-    return optimise_synthetic(task, images, labels, loss_fn, generator, desc=f"teddy-{matching} ipc{task.ipc}")
+    return run_batches(task, loss_fn, desc=f"teddy-{matching} ipc{task.ipc}")
