@@ -37,6 +37,17 @@ def check_config(cfg: dict) -> None:
     snapshots = cfg["base"].get("snapshot_epochs")
     epochs = int(cfg["base"]["recipe"]["epochs"])
     for name, pool in cfg.get("pools", {}).items():
+        if pool["generator"] == "prior" and cfg["base"].get("weights") and not pool.get("recipe"):
+            raise TeddyError(f"pools.{name}: base.weights is set, so the base model has no training snapshots; "
+                             f"give pools.{name}.recipe (a short from-scratch run to take them from)")
+        if pool.get("recipe"):
+            if pool["generator"] != "prior":
+                raise TeddyError(f"pools.{name}.recipe is only for prior pools (generator: {pool['generator']})")
+            for e in pool.get("epochs") or []:
+                if int(e) > int(pool["recipe"]["epochs"]):
+                    raise TeddyError(f"pools.{name}.epochs asks for epoch {e}, beyond its own run "
+                                     f"(pools.{name}.recipe.epochs={pool['recipe']['epochs']})")
+            continue
         for e in pool.get("epochs") or []:
             if int(e) > epochs or (snapshots and int(e) not in snapshots):
                 raise TeddyError(f"pools.{name}.epochs asks for epoch {e}, beyond the base run's snapshots "

@@ -19,6 +19,7 @@ from teddy.methods import DistillTask, get_method
 from teddy.models import model_from_spec
 from teddy.pool import (FreshModelPool, choose_snapshot, load_model, load_pool, manifest_row, prune_channels,
                         save_model, write_manifest)
+from teddy.pretrained import load_pretrained
 from teddy.relabel import precompute_soft_labels
 from teddy.report import (accuracy_table, collect_results, published_rows, render_markdown, runtime_table,
                           with_distill_seconds)
@@ -37,14 +38,15 @@ def build(cfg: dict, arch: str, seed: int | None = None):
 
 # 1. base model ------------------------------------------------------------------------------
 
-def train_base(cfg: dict, model_out, metrics_out, snapshot_dir, checkpoint=None) -> dict:
-    base = cfg["base"]
+def train_snapshots(cfg: dict, arch: str, recipe: dict, wanted_epochs, snapshot_dir, checkpoint, desc: str):
+    """Train `arch` from scratch on the real training set with `recipe`, keeping a snapshot of each
+    wanted epoch (all when None); returns (model, history, snapshots, seconds)."""
     device = resolve_device(cfg.get("device", "auto"))
     train_set, val_set = load_split(cfg["dataset"], "train"), load_split(cfg["dataset"], "val")
-    test_set = load_split(cfg["dataset"], "test")
-    model = build(cfg, base["arch"], seed=int(base.get("seed", 0)))
-    recipe = {"eval_every": 1, **base["recipe"]}
-    wanted = set(base.get("snapshot_epochs") or range(1, int(recipe["epochs"]) + 1))
+    seed = int(cfg["base"].get("seed", 0))
+    model = build(cfg, arch, seed=seed)
+    recipe = {"eval_every": 1, **recipe}
+    wanted = set(wanted_epochs or range(1, int(recipe["epochs"]) + 1))
     snapshot_dir = Path(snapshot_dir)
 
     def keep_snapshot(epoch, model, metrics):
@@ -53,16 +55,46 @@ def train_base(cfg: dict, model_out, metrics_out, snapshot_dir, checkpoint=None)
                        {"epoch": epoch, "val_accuracy": metrics.get("eval_accuracy")})
 
     t0 = time.perf_counter()
-    history = train_model(model, train_set, recipe, device, seed=int(base.get("seed", 0)), eval_set=val_set,
-                          on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=f"base {base['arch']}")
+    history = train_model(model, train_set, recipe, device, seed=seed, eval_set=val_set,
+                          on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=desc)
+    snapshots = {str(h["epoch"]): {"path": str(snapshot_dir / f"epoch{h['epoch']}.pt"),
+                                   "val_accuracy": h["eval_accuracy"]} for h in history if h["epoch"] in wanted}
+    return model, history, snapshots, time.perf_counter() - t0
+
+
+def train_base(cfg: dict, model_out, metrics_out, snapshot_dir, checkpoint=None) -> dict:
+    """Train the base model, or (base.weights) load pretrained weights and only evaluate them."""
+    base = cfg["base"]
+    device = resolve_device(cfg.get("device", "auto"))
+    test_set = load_split(cfg["dataset"], "test")
+    if base.get("weights"):
+        model = build(cfg, base["arch"], seed=int(base.get("seed", 0)))
+        source = load_pretrained(model, base["arch"], base["weights"], bool(base.get("download_weights", False)))
+        model.to(device)
+        history, snapshots, seconds, extra = [], {}, 0.0, {"weights": source}
+    else:
+        model, history, snapshots, seconds = train_snapshots(
+            cfg, base["arch"], base["recipe"], base.get("snapshot_epochs"), snapshot_dir, checkpoint,
+            desc=f"base {base['arch']}")
+        extra = {}
     test_acc = evaluate_accuracy(model, test_set, device)
-    metrics = {"arch": base["arch"], "test_accuracy": test_acc, "history": history,
-               "train_seconds": time.perf_counter() - t0,
-               "snapshots": {str(h["epoch"]): {"path": str(snapshot_dir / f"epoch{h['epoch']}.pt"),
-                                               "val_accuracy": h["eval_accuracy"]}
-                             for h in history if h["epoch"] in wanted}}
-    save_model(model_out, model, {"arch": base["arch"], "test_accuracy": test_acc})
+    metrics = {"arch": base["arch"], "test_accuracy": test_acc, "history": history, "train_seconds": seconds,
+               "snapshots": snapshots, **extra}
+    save_model(model_out, model, {"arch": base["arch"], "test_accuracy": test_acc, **extra})
     save_json(metrics, metrics_out)  # written last: the pool rules depend on it
+    remove_checkpoint(checkpoint)
+    return metrics
+
+
+def train_prior(cfg: dict, pool_name: str, metrics_out, snapshot_dir, checkpoint=None) -> dict:
+    """A prior pool's own short from-scratch run (pools.<name>.recipe), for its snapshots: a
+    pretrained base model has no early epochs to take them from."""
+    pool_cfg = cfg["pools"][pool_name]
+    wanted = [int(e) for e in pool_cfg.get("epochs") or []] or None
+    _, history, snapshots, seconds = train_snapshots(cfg, cfg["base"]["arch"], pool_cfg["recipe"], wanted,
+                                                     snapshot_dir, checkpoint, desc=f"prior run {pool_name}")
+    metrics = {"arch": cfg["base"]["arch"], "history": history, "train_seconds": seconds, "snapshots": snapshots}
+    save_json(metrics, metrics_out)
     remove_checkpoint(checkpoint)
     return metrics
 

@@ -1,8 +1,33 @@
 # Stage 2: the weak-model pool, one job per member, then a manifest per pool.
+# A prior pool with a recipe of its own (required with a pretrained base model) takes its
+# snapshots from its own short from-scratch run (rule train_prior), else from the base run.
+def snapshot_metrics(wildcards):
+    if config["pools"][wildcards.pool].get("recipe"):
+        return f"{R}/pool/{wildcards.pool}/run/metrics.json"
+    return f"{R}/base/{BASE_ARCH}/metrics.json"
+
+
+rule train_prior:
+    output:
+        metrics=f"{R}/pool/{{pool}}/run/metrics.json",
+    params:
+        snapshots=f"{R}/pool/{{pool}}/run/snapshots",
+        checkpoint=f"{R}/pool/{{pool}}/run/train.ckpt",
+    log:
+        f"{R}/logs/train_prior/{{pool}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_prior/{{pool}}.tsv"
+    threads: threads_for("train_prior", 2)
+    resources:
+        gpu=GPUS,
+    script:
+        "../scripts/train_prior.py"
+
+
 rule pool_member:
     input:
         model=f"{R}/base/{BASE_ARCH}/model.pt",
-        metrics=f"{R}/base/{BASE_ARCH}/metrics.json",
+        metrics=snapshot_metrics,
     output:
         f"{R}/pool/{{pool}}/members/{{member}}.pt",
     params:
