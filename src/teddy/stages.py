@@ -4,18 +4,20 @@ inputs and outputs and call these; everything here takes plain config values and
 from __future__ import annotations
 
 import copy
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from torchvision.utils import save_image
 
-from teddy.data import TensorImageDataset, dataset_info, denormalise, load_split
+from teddy.data import TensorImageDataset, dataset_info, load_split
+from teddy.distilled_set import index_within_class, load_set_tensors
 from teddy.errors import TeddyError
-from teddy.io import (atomic_path, load_distilled, load_json, load_torch, save_distilled, save_json, save_text,
-                      save_torch)
-from teddy.methods import DistillTask, get_method
+from teddy.io import atomic_path, load_json, load_torch, save_json, save_text, save_torch
+from teddy.methods import DistillTask, get_method, per_batch
+from teddy.methods.base import SyntheticBatch
 from teddy.models import model_from_spec
 from teddy.pool import (FreshModelPool, choose_snapshot, load_model, load_pool, manifest_row, prune_channels,
                         save_model, write_manifest)
@@ -23,6 +25,9 @@ from teddy.pretrained import load_pretrained
 from teddy.relabel import precompute_soft_labels
 from teddy.report import (accuracy_table, collect_results, published_rows, render_markdown, runtime_table,
                           with_distill_seconds)
+from teddy.shard_store import ShardWriter
+from teddy.shard_store import gather as gather_shards
+from teddy.shards import method_shards
 from teddy.train import evaluate_accuracy, recalibrate_bn, remove_checkpoint, resolve_device, train_model
 
 
@@ -155,36 +160,63 @@ def pool_manifest(member_paths, out_csv) -> list[dict]:
 
 # 3. distillation ----------------------------------------------------------------------------
 
-def distill(cfg: dict, method_name: str, ipc: int, pool_member_paths, data_out, grid_out, log_out,
-            checkpoint=None) -> dict:
-    recipe = cfg["distill"]["methods"][method_name]
-    info = dataset_info(cfg["dataset"])
-    device = resolve_device(cfg.get("device", "auto"))
-    seed = int(cfg["distill"].get("seed", 0))
-    real = load_split(cfg["dataset"], "train")
-    pool = None
+def distill_pool(cfg: dict, recipe: dict, real, device, pool_member_paths):
+    """The models a method matches against: a fresh-model pool, the stored members, or None."""
     pool_name = recipe.get("pool")
     if pool_name and cfg["pools"][pool_name]["generator"] == "fresh":
         pool_cfg = cfg["pools"][pool_name]
-        pool = FreshModelPool(lambda: build(cfg, cfg["base"]["arch"]), real, finetune_recipe(cfg, pool_cfg),
+        return FreshModelPool(lambda: build(cfg, cfg["base"]["arch"]), real, finetune_recipe(cfg, pool_cfg),
                               steps=int(pool_cfg.get("fresh_steps", 20)), device=device)
-    elif pool_member_paths:
-        pool = load_pool(pool_member_paths, policy=recipe.get("sampling", "uniform"), size=recipe.get("pool_size"))
-    task = DistillTask(real=real, info=info, pool=pool, ipc=int(ipc), recipe=recipe, seed=seed, device=device,
-                       checkpoint_path=checkpoint)
-    t0 = time.perf_counter()
-    result = get_method(recipe["method"])(task)
-    seconds = time.perf_counter() - t0
-    save_distilled(data_out, result.images, result.labels, info.mean, info.std, real.class_names,
-                   config={"method_name": method_name, "ipc": int(ipc), "recipe": recipe, "dataset": cfg["dataset"],
-                           "pool": [str(p) for p in pool_member_paths]})
-    with atomic_path(grid_out) as tmp:
-        save_image(denormalise(result.images, info), tmp, nrow=int(ipc) if ipc > 1 else info.num_classes,
-                   format="png")
-    log = {"method": method_name, "ipc": int(ipc), "seconds": seconds, **result.log}
-    save_json(log, log_out)
+    if pool_member_paths:
+        return load_pool(pool_member_paths, policy=recipe.get("sampling", "uniform"), size=recipe.get("pool_size"))
+    return None
+
+
+def distill(cfg: dict, method_name: str, ipc: int, shard: int, pool_member_paths, shard_dir) -> dict:
+    """One shard of one (method, IPC) set: its batches (teddy.shards), written as PNGs batch by
+    batch under shard_dir, then shard_dir/done.json. Batches an earlier start finished are
+    skipped; the current one resumes from shard_dir/distill.ckpt."""
+    recipe = cfg["distill"]["methods"][method_name]
+    ranges = method_shards(cfg, method_name, ipc)
+    if not 0 <= int(shard) < len(ranges):
+        raise TeddyError(f"shard {shard} is beyond the set: {method_name} at IPC {ipc} has {len(ranges)} shard(s) "
+                         f"(config key distill.batches_per_shard)")
+    info = dataset_info(cfg["dataset"])
+    device = resolve_device(cfg.get("device", "auto"))
+    seed = int(cfg["distill"].get("seed", 0))
+    shard_dir = Path(shard_dir)
+    checkpoint = shard_dir / "distill.ckpt"
+    real = load_split(cfg["dataset"], "train")
+    settings = {"method_name": method_name, "ipc": int(ipc), "seed": seed, "recipe": recipe,
+                "dataset": cfg["dataset"], "pool": [str(p) for p in pool_member_paths]}
+    writer = ShardWriter(shard_dir, settings, info.mean, info.std)
+    method = get_method(recipe["method"])
+    batches = ranges[int(shard)]
+    todo = [b for b in batches if not writer.done(b)]
+    if todo:
+        pool = distill_pool(cfg, recipe, real, device, pool_member_paths)
+        task = DistillTask(real=real, info=info, pool=pool, ipc=int(ipc), recipe=recipe, seed=seed, device=device,
+                           checkpoint_path=checkpoint, name=method_name)
+        if per_batch(recipe["method"]):
+            if len(todo) < len(batches):
+                print(f"resuming shard {shard}: batches {sorted(set(batches) - set(todo))} already written",
+                      file=sys.stderr)
+            method(replace(task, batches=todo, on_batch=writer.write_batch))
+        else:  # a set-level method: the whole set at once, one "batch" 0
+            result = method(task)
+            index = result.index_in_class if result.index_in_class is not None else \
+                torch.tensor(index_within_class(result.labels))
+            writer.write_batch(SyntheticBatch(0, result.images, result.labels, index, result.log))
+    done = writer.finish(int(shard), batches, real.class_names)
     remove_checkpoint(checkpoint)
-    return log
+    return done
+
+
+def gather(cfg: dict, method_name: str, ipc: int, shard_dirs, meta_out, grid_out, log_out) -> dict:
+    """Check every shard of one (method, IPC) and assemble the set: images/, meta.json, grid.png, log.json."""
+    batches = sum(len(r) for r in method_shards(cfg, method_name, ipc))
+    return gather_shards(shard_dirs, Path(meta_out).parent, grid_out, log_out, method=method_name, ipc=int(ipc),
+                         num_batches=batches, info=dataset_info(cfg["dataset"]))
 
 
 # 4-5. relabel and evaluate ------------------------------------------------------------------
@@ -196,23 +228,23 @@ def student_recipe(cfg: dict, num_images: int) -> dict:
     return recipe
 
 
-def relabel(cfg: dict, seed: int, distilled_path, teacher_path, out_path) -> dict:
+def relabel(cfg: dict, seed: int, distilled_meta, teacher_path, out_path) -> dict:
     """Stored soft labels (evaluate.labels: stored) for the student runs of one seed."""
     device = resolve_device(cfg.get("device", "auto"))
-    distilled = load_distilled(distilled_path)
+    images, labels, _ = load_set_tensors(distilled_meta)
     teacher, _ = load_model(teacher_path, what="teacher (base model)")
-    store = precompute_soft_labels(distilled["images"], teacher, student_recipe(cfg, len(distilled["labels"])),
+    store = precompute_soft_labels(images, teacher, student_recipe(cfg, len(labels)),
                                    int(seed), device)
     save_torch(store, out_path)
     return store
 
 
-def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, distilled_path, teacher_path,
+def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, distilled_meta, teacher_path,
              out_json, checkpoint=None, soft_labels_path=None) -> dict:
     ev = cfg["evaluate"]
     device = resolve_device(cfg.get("device", "auto"))
-    distilled = load_distilled(distilled_path)
-    train_set = TensorImageDataset(distilled["images"], distilled["labels"], distilled["class_names"])
+    images, labels_, meta = load_set_tensors(distilled_meta)
+    train_set = TensorImageDataset(images, labels_, meta["class_names"])
     labels = ev.get("labels", "online_kd")
     teacher = store = None
     if labels == "online_kd":

@@ -4,6 +4,7 @@ from snakemake.exceptions import WorkflowError
 from teddy.config import check_config
 from teddy.errors import TeddyError
 from teddy.pool import member_names
+from teddy.shards import method_shards
 
 try:
     check_config(config)
@@ -22,6 +23,7 @@ SEEDS = [int(s) for s in config["evaluate"]["seeds"]]
 wildcard_constraints:
     ipc=r"\d+",
     seed=r"\d+",
+    shard=r"\d+",
     method=r"[^/]+",
     arch=r"[^/]+",
     pool=r"[^/]+",

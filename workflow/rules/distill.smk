@@ -1,19 +1,43 @@
-# Stage 3: one distillation job per (method, IPC).
+# Stage 3: one distillation job per (method, IPC, shard), a shard being a range of synthetic
+# batches (distill.batches_per_shard; teddy.shards), then one gather per (method, IPC) that checks
+# the shards and assembles the set: an ImageFolder of PNGs plus meta.json (teddy.distilled_set).
+def shard_done_files(wildcards):
+    count = len(method_shards(config, wildcards.method, int(wildcards.ipc)))
+    return [f"{R}/distilled/{wildcards.method}/ipc{wildcards.ipc}/shards/{k}/done.json" for k in range(count)]
+
+
 rule distill:
     input:
         pool=distill_pool_inputs,
     output:
-        data=f"{R}/distilled/{{method}}/ipc{{ipc}}/data.pt",
-        grid=f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png",
-        log_json=f"{R}/distilled/{{method}}/ipc{{ipc}}/log.json",
+        # the shard's PNGs, batch markers and checkpoint stay beside done.json, undeclared, so a
+        # rerun of an interrupted shard keeps the batches it finished
+        done=f"{R}/distilled/{{method}}/ipc{{ipc}}/shards/{{shard}}/done.json",
     params:
-        checkpoint=f"{R}/distilled/{{method}}/ipc{{ipc}}/distill.ckpt",
+        shard_dir=f"{R}/distilled/{{method}}/ipc{{ipc}}/shards/{{shard}}",
     log:
-        f"{R}/logs/distill/{{method}}/ipc{{ipc}}.log",
+        f"{R}/logs/distill/{{method}}/ipc{{ipc}}/shard{{shard}}.log",
     benchmark:
-        f"{R}/benchmarks/distill/{{method}}/ipc{{ipc}}.tsv"
+        f"{R}/benchmarks/distill/{{method}}/ipc{{ipc}}/shard{{shard}}.tsv"
     threads: threads_for("distill")
     resources:
         gpu=GPUS,
     script:
         "../scripts/distill.py"
+
+
+rule gather:
+    input:
+        shards=shard_done_files,
+    output:
+        images=directory(f"{R}/distilled/{{method}}/ipc{{ipc}}/images"),
+        meta=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
+        grid=f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png",
+        log_json=f"{R}/distilled/{{method}}/ipc{{ipc}}/log.json",
+    log:
+        f"{R}/logs/gather/{{method}}/ipc{{ipc}}.log",
+    benchmark:
+        f"{R}/benchmarks/gather/{{method}}/ipc{{ipc}}.tsv"
+    threads: 1
+    script:
+        "../scripts/gather.py"

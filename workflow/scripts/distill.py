@@ -2,6 +2,6 @@ from teddy import stages
 from teddy.runner import stage
 
 with stage(snakemake):
-    stages.distill(snakemake.config, snakemake.wildcards.method, int(snakemake.wildcards.ipc),
-                   list(snakemake.input.pool), snakemake.output.data, snakemake.output.grid,
-                   snakemake.output.log_json, snakemake.params.checkpoint)
+    w = snakemake.wildcards
+    stages.distill(snakemake.config, w.method, int(w.ipc), int(w.shard), list(snakemake.input.pool),
+                   snakemake.params.shard_dir)
