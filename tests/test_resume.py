@@ -18,6 +18,7 @@ import torch
 
 from fixtures import write_fashion_mnist
 from teddy.data import dataset_info, load_split
+from teddy.distilled_set import load_set_tensors
 from teddy.io import load_torch, save_distilled
 from teddy.methods.base import DistillTask, optimise_synthetic, select_real
 from teddy.methods.teddy import statistics_loss_fn
@@ -36,8 +37,7 @@ import json, sys, torch
 torch.set_num_threads(1)
 from teddy import stages
 a = json.load(open(sys.argv[1]))
-stages.distill(a["cfg"], "teddy", 2, a["members"], a["out"] + "/data.pt", a["out"] + "/grid.png",
-               a["out"] + "/log.json", a["out"] + "/distill.ckpt")
+stages.distill(a["cfg"], "teddy", 2, 0, a["members"], a["out"])
 """
 STUDENT_JOB = """
 import json, sys, torch
@@ -106,25 +106,37 @@ def kill_once_checkpointed(proc: subprocess.Popen, checkpoint: Path) -> None:
 
 
 def test_killed_distillation_resumes_to_identical_images(fixture_dir, tmp_path):
+    """A shard of two batches killed during its second batch: the first is not redone, the second
+    resumes from its checkpoint, and the images are those of an uninterrupted run."""
     root, section = fixture_dir
     cfg = {"dataset": section, "device": "cpu", "base": {"arch": "convnet"}, "pools": {"prior": {"generator": "prior"}},
            "distill": {"seed": 0, "methods": {"teddy": {
-               "method": "teddy", "pool": "prior", "init": "real", "iterations": 600, "batch_size": 10, "lr": 0.05,
+               "method": "teddy", "pool": "prior", "init": "real", "iterations": 300, "batch_size": 10, "lr": 0.05,
                "alpha": 1.0, "checkpoint_every": 20, "log_every": 50,
                "augment": {"crop": True, "crop_scale": [0.5, 1.0], "flip": True, "max_shift": 2}}}}}
     args = {"cfg": cfg, "members": [str(root / "member0.pt"), str(root / "member1.pt")]}
 
     finish(start(DISTILL_JOB, {**args, "out": str(tmp_path / "whole")}, tmp_path / "whole"))
     cut = tmp_path / "cut"
-    kill_once_checkpointed(start(DISTILL_JOB, {**args, "out": str(cut)}, cut), cut / "distill.ckpt")
-    assert not (cut / "data.pt").exists()
+    proc = start(DISTILL_JOB, {**args, "out": str(cut)}, cut)
+    # wait until batch 1 is written and batch 2 has a checkpoint, then kill
+    deadline = time.monotonic() + 120
+    while not ((cut / "batches" / "0.json").exists() and (cut / "distill.ckpt").exists()):
+        assert proc.poll() is None, "the shard ended before its second batch checkpointed: " + proc.stdout.read()[-2000:]
+        assert time.monotonic() < deadline, "no second-batch checkpoint after 120 s"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (cut / "done.json").exists()
     out = finish(start(DISTILL_JOB, {**args, "out": str(cut)}, cut))
-    assert "resuming teddy-statistics ipc2 from" in out
+    assert "batches [0] already written" in out and "resuming teddy-statistics ipc2 batch 2/2 from" in out
+    assert "batch 1/2" not in out  # the finished batch is not optimised again
 
-    whole, resumed = load_torch(tmp_path / "whole" / "data.pt"), load_torch(cut / "data.pt")
-    assert torch.equal(whole["images"], resumed["images"]) and torch.equal(whole["labels"], resumed["labels"])
-    logs = [json.loads((d / "log.json").read_text()) for d in (tmp_path / "whole", cut)]
-    assert logs[0]["history"] == logs[1]["history"]
+    whole, resumed = (json.loads((d / "done.json").read_text()) for d in (tmp_path / "whole", cut))
+    assert whole["files"] == resumed["files"] and len(whole["files"]) == 20
+    for rel in whole["files"]:
+        assert (tmp_path / "whole" / "images" / rel).read_bytes() == (cut / "images" / rel).read_bytes()
+    assert [b["history"] for b in whole["batch_logs"]] == [b["history"] for b in resumed["batch_logs"]]
     assert not (cut / "distill.ckpt").exists() and not (cut / "distill.ckpt.prev").exists()
 
 
@@ -268,27 +280,27 @@ def test_second_run_is_locked_out_and_rerun_incomplete_resumes(tmp_path):
         return subprocess.run(sm + list(args), capture_output=True, text=True, timeout=300)
 
     # 1. a second run on the same results directory is refused while the first runs; the first ends well
-    first = background("results/tiny/distilled/teddy/ipc1/data.pt")
+    first = background("results/tiny/distilled/teddy/ipc1/meta.json")
     wait_for(lambda: locked(work), first, "Snakemake lock")
-    second = run("results/tiny/distilled/teddy/ipc1/data.pt")
+    second = run("results/tiny/distilled/teddy/ipc1/meta.json")
     assert second.returncode != 0 and "cannot be locked" in second.stdout + second.stderr
     out, _ = first.communicate(timeout=300)
     assert first.returncode == 0, out[-3000:]
-    assert torch.load(R / "distilled/teddy/ipc1/data.pt", weights_only=False)["images"].shape == (10, 1, 28, 28)
+    assert load_set_tensors(R / "distilled/teddy/ipc1/meta.json")[0].shape == (10, 1, 28, 28)
     assert not list(R.rglob("*.tmp")) and not list(R.rglob("*.ckpt*"))
 
     # 2. kill the whole run (as a lost node or an expired allocation would) during a distillation
-    ckpt = R / "distilled/teddy/ipc2/distill.ckpt"
-    killed = background("results/tiny/distilled/teddy/ipc2/data.pt")
+    ckpt = R / "distilled/teddy/ipc2/shards/0/distill.ckpt"
+    killed = background("results/tiny/distilled/teddy/ipc2/meta.json")
     wait_for(ckpt.exists, killed, "distillation checkpoint")
     os.killpg(killed.pid, signal.SIGKILL)
     killed.communicate(timeout=60)
-    assert not (R / "distilled/teddy/ipc2/data.pt").exists()
-    stale = run("results/tiny/distilled/teddy/ipc2/data.pt")  # the killed run's lock is still there
+    assert not (R / "distilled/teddy/ipc2/meta.json").exists()
+    stale = run("results/tiny/distilled/teddy/ipc2/meta.json")  # the killed run's lock is still there
     assert stale.returncode != 0 and "cannot be locked" in stale.stdout + stale.stderr
     assert run("--unlock").returncode == 0
-    again = run("--rerun-incomplete", "results/tiny/distilled/teddy/ipc2/data.pt")
+    again = run("--rerun-incomplete", "results/tiny/distilled/teddy/ipc2/meta.json")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    log = (R / "logs/distill/teddy/ipc2.log").read_text()
-    assert "resuming teddy-statistics ipc2 from" in log, log[-2000:]
-    assert (R / "distilled/teddy/ipc2/data.pt").exists() and not ckpt.exists()
+    log = (R / "logs/distill/teddy/ipc2/shard0.log").read_text()
+    assert "resuming teddy-statistics ipc2 batch 1/1 from" in log, log[-2000:]
+    assert (R / "distilled/teddy/ipc2/meta.json").exists() and not ckpt.exists()

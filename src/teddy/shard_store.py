@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from teddy.distilled_set import class_folder, image_name, write_images, write_meta
 from teddy.errors import TeddyError
 from teddy.io import atomic_path, load_json, save_json
+from teddy.train import remove_checkpoint
 
 
 def settings_hash(settings: dict) -> str:
@@ -36,8 +37,8 @@ def settings_hash(settings: dict) -> str:
 class ShardWriter:
     """Writes one shard's batches as they come (`write_batch`, the harness's on_batch), then done.json."""
 
-    def __init__(self, shard_dir, settings: dict, mean, std):
-        self.dir = Path(shard_dir)
+    def __init__(self, shard_dir, settings: dict, mean, std, checkpoint=None):
+        self.dir, self.checkpoint = Path(shard_dir), checkpoint
         self.settings, self.hash = settings, settings_hash(settings)
         self.mean, self.std = mean, std
         self.started = time.perf_counter()
@@ -46,14 +47,17 @@ class ShardWriter:
         return self.dir / "batches" / f"{int(batch)}.json"
 
     def done(self, batch: int) -> bool:
-        """Whether the batch was finished by an earlier start of this shard, under the same settings."""
+        """Whether the batch was finished by an earlier start of this shard, under the same settings,
+        and its images are all still there."""
         path = self.marker(batch)
         if not path.is_file():
             return False
         try:
-            return load_json(path).get("settings_hash") == self.hash
+            marker = load_json(path)
         except TeddyError:  # a marker damaged by a crash: redo the batch
             return False
+        return marker.get("settings_hash") == self.hash and all(
+            (self.dir / "images" / rel).is_file() for rel in marker.get("files", []))
 
     def write_batch(self, batch) -> None:
         files = write_images(self.dir / "images", batch.images, batch.labels, batch.index_in_class.tolist(),
@@ -61,6 +65,7 @@ class ShardWriter:
         now = time.perf_counter()
         save_json({"batch": batch.index, "files": files, "seconds": now - self.started, "log": batch.log,
                    "settings_hash": self.hash}, self.marker(batch.index))  # after its PNGs: the batch is done
+        remove_checkpoint(self.checkpoint)  # the next batch starts clean
         self.started = now
 
     def finish(self, shard: int, batches, class_names) -> dict:

@@ -189,7 +189,7 @@ def distill(cfg: dict, method_name: str, ipc: int, shard: int, pool_member_paths
     real = load_split(cfg["dataset"], "train")
     settings = {"method_name": method_name, "ipc": int(ipc), "seed": seed, "recipe": recipe,
                 "dataset": cfg["dataset"], "pool": [str(p) for p in pool_member_paths]}
-    writer = ShardWriter(shard_dir, settings, info.mean, info.std)
+    writer = ShardWriter(shard_dir, settings, info.mean, info.std, checkpoint)
     method = get_method(recipe["method"])
     batches = ranges[int(shard)]
     todo = [b for b in batches if not writer.done(b)]
