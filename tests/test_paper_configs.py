@@ -15,10 +15,11 @@ from fixtures import write_cifar, write_image_folder
 from teddy.data import batches, load_split
 from teddy.methods import METHODS
 from teddy.pool import member_names
+from teddy.shards import method_shards
 from test_workflow import REPO, snakemake
 
 PAPER_CONFIGS = ["cifar10", "cifar100", "tiny_imagenet", "imagenet1k"]
-GPU_RULES = ("train_base", "pool_member", "distill", "evaluate")
+GPU_RULES = ("train_base", "pool_member", "distill", "evaluate")  # and train_prior where a pool has its own run
 
 # METHOD.md sections 2 and 4-5: the values each config must carry
 EXPECTED = {
@@ -67,8 +68,10 @@ def expected_counts(cfg: dict) -> dict[str, int]:
     methods = cfg["distill"]["methods"].values()
     pools = sorted({m["pool"] for m in methods if m.get("pool")})
     n_ipc, n_methods = len(cfg["distill"]["ipc"]), len(cfg["distill"]["methods"])
-    counts = {"train_base": 1, "pool_member": sum(len(member_names(cfg["pools"][p])) for p in pools),
-              "pool_manifest": len(pools), "distill": n_methods * n_ipc,
+    shards = sum(len(method_shards(cfg, m, ipc)) for m in cfg["distill"]["methods"] for ipc in cfg["distill"]["ipc"])
+    counts = {"train_base": 1, "train_prior": sum(1 for p in pools if cfg["pools"][p].get("recipe")),
+              "pool_member": sum(len(member_names(cfg["pools"][p])) for p in pools),
+              "pool_manifest": len(pools), "distill": shards, "gather": n_methods * n_ipc,
               "evaluate": n_methods * n_ipc * len(cfg["evaluate"]["students"]) * len(cfg["evaluate"]["seeds"]),
               "aggregate": 1, "all": 1}
     return {k: v for k, v in counts.items() if v}
@@ -114,9 +117,9 @@ def test_paper_config_dry_runs_on_a_stand_in(name, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert job_counts(out) == expected_counts(cfg), out[-1500:]
     gpus = gpus_by_rule(out)
-    for rule in GPU_RULES:
+    for rule in GPU_RULES + (("train_prior",) if "train_prior" in gpus else ()):
         assert gpus[rule] == {1}, (rule, gpus)
-    assert gpus["aggregate"] == {0}
+    assert gpus["aggregate"] == {0} and gpus["gather"] == {0}
 
     # the stand-in is what the config's dataset section reads
     train, test = load_split(cfg["dataset"], "train"), load_split(cfg["dataset"], "test")
@@ -135,3 +138,15 @@ def test_image_folder_loader_workers_follow_the_config(tmp_path):
     for (xa, ya), (xb, yb) in zip(batches(serial, 4, True, torch.Generator().manual_seed(0), cpu),
                                   batches(parallel, 4, True, torch.Generator().manual_seed(0), cpu), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_imagenet_config_uses_the_pretrained_teacher_both_pools_and_gpu_sized_shards():
+    cfg = load("imagenet1k")
+    assert cfg["base"]["weights"] == "torchvision" and cfg["base"]["arch"] == "resnet18"
+    used = {m["pool"] for m in cfg["distill"]["methods"].values() if m["method"] == "teddy"}
+    assert {cfg["pools"][p]["generator"] for p in used} == {"prior", "post"}
+    assert cfg["pools"]["prior"]["recipe"]["epochs"] >= max(cfg["pools"]["prior"]["epochs"])
+    # 1000 classes, batch 100: 10 batches per IPC index, 20 batches (one GPU job) per shard
+    assert [len(method_shards(cfg, "teddy", ipc)) for ipc in (10, 50, 100)] == [5, 25, 50]
+    assert all(len(r) == 20 for r in method_shards(cfg, "sre2l", 100))
+    assert [len(method_shards(load("tiny_imagenet"), "teddy", ipc)) for ipc in (10, 50, 100)] == [1, 2, 4]
