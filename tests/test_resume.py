@@ -18,8 +18,8 @@ import torch
 
 from fixtures import write_fashion_mnist
 from teddy.data import dataset_info, load_split
-from teddy.distilled_set import load_set_tensors
-from teddy.io import load_torch, save_distilled
+from teddy.distilled_set import index_within_class, load_set_tensors, write_images, write_meta
+from teddy.io import load_torch
 from teddy.methods.base import DistillTask, optimise_synthetic, select_real
 from teddy.methods.teddy import statistics_loss_fn
 from teddy.models import build_model
@@ -43,16 +43,17 @@ STUDENT_JOB = """
 import json, sys, torch
 torch.set_num_threads(1)
 from teddy.data import TensorImageDataset
-from teddy.io import load_distilled, save_torch
+from teddy.distilled_set import load_set_tensors
+from teddy.io import save_torch
 from teddy.models import build_model
 from teddy.pool import load_model
 from teddy.train import remove_checkpoint, train_model
 a = json.load(open(sys.argv[1]))
-d = load_distilled(a["distilled"])
+images, labels, meta = load_set_tensors(a["distilled"])
 teacher, _ = load_model(a["teacher"])
 torch.manual_seed(1)
 student = build_model("convnet", num_classes=10, in_channels=1, image_size=28, depth=2, width=8)
-history = train_model(student, TensorImageDataset(d["images"], d["labels"], d["class_names"]), a["recipe"],
+history = train_model(student, TensorImageDataset(images, labels, meta["class_names"]), a["recipe"],
                       torch.device("cpu"), seed=1, teacher=teacher, checkpoint_path=a["out"] + "/student.ckpt")
 save_torch({"model": student.state_dict(), "history": history}, a["out"] + "/student.pt")
 remove_checkpoint(a["out"] + "/student.ckpt")
@@ -76,8 +77,11 @@ def fixture_dir(tmp_path_factory):
         model = small_convnet(i)
         recalibrate_bn(model, real, CPU, batches_to_use=2, batch_size=50)
         save_model(root / f"member{i}.pt", model, {"member": i})
-    save_distilled(root / "distilled.pt", real.images[:20], real.targets[:20], INFO.mean, INFO.std,
-                   real.class_names, config={})
+    labels = torch.arange(20) % 10  # two images per class
+    write_images(root / "distilled" / "images", real.images[:20], labels, index_within_class(labels),
+                 INFO.mean, INFO.std)
+    write_meta(root / "distilled", method="fixture", ipc=2, class_names=real.class_names, mean=INFO.mean,
+               std=INFO.std, channels=1, image_size=28, config={})
     return root, section
 
 
@@ -144,7 +148,7 @@ def test_killed_student_training_resumes_to_identical_weights(fixture_dir, tmp_p
     root, _ = fixture_dir
     recipe = {"epochs": 600, "batch_size": 20, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.01,
               "temperature": 4.0, "checkpoint_every": 10, "augment": {"crop": False, "flip": True, "max_shift": 2}}
-    args = {"distilled": str(root / "distilled.pt"), "teacher": str(root / "member0.pt"), "recipe": recipe}
+    args = {"distilled": str(root / "distilled" / "meta.json"), "teacher": str(root / "member0.pt"), "recipe": recipe}
 
     finish(start(STUDENT_JOB, {**args, "out": str(tmp_path / "whole")}, tmp_path / "whole"))
     cut = tmp_path / "cut"

@@ -28,8 +28,8 @@ from local_slurm import SlurmUnavailable, local_slurm_cluster
 from test_workflow import REPO, SNAKEMAKE, tiny_config, write_workdir
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
-GPU_RULES = {"train_base", "pool_member", "distill", "relabel", "evaluate"}
-CPU_RULES = {"pool_manifest", "aggregate"}
+GPU_RULES = {"train_base", "train_prior", "pool_member", "distill", "relabel", "evaluate"}
+CPU_RULES = {"pool_manifest", "gather", "aggregate"}
 
 
 def workflow_rules() -> set[str]:
@@ -120,7 +120,8 @@ def test_tiny_pipeline_runs_through_slurm_with_gpus(slurm_env, tiny_run):
     # every stage was its own SLURM job, with its SLURM log kept
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)", out)
     rule_of = {jobid: re.search(r"/rule_(\w+)/", log).group(1) for jobid, log in submitted}
-    assert sorted(rule_of.values()) == sorted((GPU_RULES | CPU_RULES) - {"relabel"}), out[-4000:]  # online KD
+    # online KD: no relabel; a base model trained here: no train_prior
+    assert sorted(rule_of.values()) == sorted((GPU_RULES | CPU_RULES) - {"relabel", "train_prior"}), out[-4000:]
     assert all(Path(log).is_file() for _, log in submitted)
 
     # gpus_per_job: 1 reached sbatch for the training rules only (the controller keeps finished
@@ -140,8 +141,8 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_env, tiny_run):
     cfg["distill"]["methods"]["teddy"].update(iterations=300, checkpoint_every=5)
     write_workdir(work, cfg)
     R = work / "results" / "tiny"
-    ckpt = R / "distilled/teddy/ipc2/distill.ckpt"
-    run = subprocess.Popen(snakemake_on_slurm(work, "results/tiny/distilled/teddy/ipc2/data.pt"), cwd=work,
+    ckpt = R / "distilled/teddy/ipc2/shards/0/distill.ckpt"
+    run = subprocess.Popen(snakemake_on_slurm(work, "results/tiny/distilled/teddy/ipc2/meta.json"), cwd=work,
                            env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -166,6 +167,6 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_env, tiny_run):
             run.kill()
     assert run.returncode == 0, out[-6000:]
     assert "Restarts=1" in scontrol(slurm_env, "show", "job", jobid)
-    log = (R / "logs/distill/teddy/ipc2.log").read_text()
-    assert "resuming teddy-statistics ipc2 from" in log, log[-2000:]
-    assert (R / "distilled/teddy/ipc2/data.pt").exists() and not ckpt.exists()
+    log = (R / "logs/distill/teddy/ipc2/shard0.log").read_text()
+    assert "resuming teddy-statistics ipc2 batch 1/1 from" in log, log[-2000:]
+    assert (R / "distilled/teddy/ipc2/meta.json").exists() and not ckpt.exists()
