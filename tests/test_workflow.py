@@ -62,6 +62,9 @@ def assert_modes_follow_umask(root: Path, umask: int) -> None:
 def test_tiny_pipeline_end_to_end(tmp_path):
     data = write_fashion_mnist(tmp_path / "data", n_train=200, n_test=60)
     cfg = tiny_config(data)
+    # teddy at IPC 2: two batches of 10, one shard (job) each; random and IPC 1: one shard
+    cfg["distill"]["batches_per_shard"] = 1
+    cfg["distill"]["methods"]["teddy"]["batch_size"] = 10
     work = write_workdir(tmp_path / "work", cfg)
     proc = snakemake(work, "--cores", "2", umask=0o002)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -87,6 +90,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
             folder = ImageFolder(str(R / f"distilled/{method}/ipc{ipc}/images"))
             assert len(folder) == 10 * ipc and folder.classes == meta["class_folders"]
             assert (R / f"distilled/{method}/ipc{ipc}/grid.png").read_bytes()[:4] == b"\x89PNG"
+            assert meta["shards"] == (2 if (method, ipc) == ("teddy", 2) else 1)
 
     table = pd.read_csv(R / "tables/accuracy.csv")
     assert len(table) == 2 * 2 * 2  # method x ipc x arch
