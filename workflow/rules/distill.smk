@@ -1,6 +1,7 @@
 # Stage 3: one distillation job per (method, IPC).
 rule distill:
     input:
+        data=DATA,
         pool=distill_pool_inputs,
     output:
         data=f"{R}/distilled/{{method}}/ipc{{ipc}}/data.pt",
