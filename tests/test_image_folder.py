@@ -112,12 +112,15 @@ def test_a_file_that_is_not_an_image_fails_or_is_skipped(tmp_path):
     root = write_class_folders(tmp_path / "d", ["a", "b"], per_class=3, size=20)
     bad = root / "train" / "b" / "broken.png"
     bad.write_bytes(b"this is not a png")
+    notes = root / "train" / "a" / "notes.txt"
+    notes.write_text("not an image, not read")
     with pytest.raises(TeddyError, match="not a readable image: .*broken.png"):
         compute_normalisation(folder_cfg(root))
     norm = tmp_path / "n.json"
     cfg = folder_cfg(root, bad_images="skip", normalisation_file=str(norm), val_fraction=0.0)
     stats = compute_normalisation(cfg)
     assert stats["skipped"] == [str(bad)] and stats["train_counts"] == {"a": 3, "b": 3}
+    assert stats["ignored"] == [str(notes)]
     norm.write_text(json.dumps(stats))
     train = load_split(cfg, "train")
     assert len(train) == 6 and all(train[i][0].shape == (3, 20, 20) for i in range(6))
@@ -160,3 +163,16 @@ def test_config_load_checks(tmp_path):
         check_config(ipc)
     # no tree on this machine (e.g. a login node): the jobs check it when they run
     check_config(base_config(folder_cfg(tmp_path / "elsewhere")))
+
+
+def test_16_bit_greyscale_is_rescaled_not_clipped(tmp_path):
+    root = write_class_folders(tmp_path / "d", ["a", "b"], per_class=2, size=4, channels=1)
+    wide = np.full((4, 4), 32896, dtype=np.uint16)  # 32896 / 65535 = 128 / 255
+    wide[0, 0] = 65535
+    Image.fromarray(wide).save(root / "train" / "a" / "wide.png")
+    cfg = folder_cfg(root, image_size=4, channels=1, mean=[0.0], std=[1.0], val_fraction=0.0)
+    stats = compute_normalisation(cfg)
+    assert stats["converted"] in ({"I;16": 1}, {"I": 1})
+    train = load_split(cfg, "train")
+    x = next(train[i][0] for i in range(len(train)) if "wide" in train.base.samples[int(train.indices[i])][0])
+    assert x[0, 0, 0].item() == pytest.approx(1.0) and x[0, 1, 1].item() == pytest.approx(128 / 255)

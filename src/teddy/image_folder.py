@@ -18,6 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -141,6 +142,21 @@ def folder_info(dataset_cfg: dict) -> DatasetInfo:
     return DatasetInfo(name, len(class_folders(dataset_cfg)), int(channels), int(size), tuple(mean), tuple(std))
 
 
+WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def convert_image(img, mode: str):
+    """`img` in mode L or RGB. 16-bit greyscale (common in medical and scientific images) is
+    rescaled from 0..65535 to 0..255 first: PIL's own conversion would clip it at 255. Mode I
+    (32-bit integers, as some PNG readers give 16-bit files) is taken as 16-bit too."""
+    from PIL import Image
+
+    if img.mode in WIDE_INTEGER_MODES:
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8), "L")
+    return img.convert(mode)
+
+
 class ImageLoader:
     """PIL loader converting to the configured mode; names the file it cannot read.
     A class (not a closure) so that DataLoader worker processes can pickle it."""
@@ -153,7 +169,7 @@ class ImageLoader:
 
         try:
             with Image.open(path) as img:
-                return img.convert(self.mode)
+                return convert_image(img, self.mode)
         except (OSError, ValueError, SyntaxError) as exc:
             raise TeddyError(f"not a readable image: {path} ({exc}; config key dataset.bad_images)") from None
 
@@ -213,7 +229,8 @@ def compute_normalisation(dataset_cfg: dict) -> dict:
     """Open every selected image of both splits once; per-channel mean and std of the training
     split's pixels in [0, 1] (after conversion and resizing, as the models see them). Unreadable
     files stop it or are listed under `skipped` (dataset.bad_images); images of another mode are
-    counted under `converted` and reported in one line."""
+    counted under `converted`, files without an image extension (which torchvision's ImageFolder
+    never reads) under `ignored`; each reported in one line."""
     from PIL import Image
 
     check_tree(dataset_cfg)
@@ -224,16 +241,18 @@ def compute_normalisation(dataset_cfg: dict) -> dict:
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)
     pixels = 0
-    skipped, converted, counts = [], Counter(), {}
+    skipped, ignored, converted, counts = [], [], Counter(), {}
     for train in (True, False):
         root = split_dir(dataset_cfg, train)
         files = [(f, p) for f in class_folders(dataset_cfg) for p in image_files(root / f)]
+        ignored += [str(p) for f in class_folders(dataset_cfg) for p in sorted((root / f).iterdir())
+                    if p.is_file() and not p.name.lower().endswith(IMG_EXTENSIONS)]
         for folder, path in tqdm(files, desc=f"normalisation {root.name}", file=sys.stderr, mininterval=5):
             try:
                 with Image.open(path) as img:
                     if img.mode != mode:
                         converted[img.mode] += 1
-                    img = img.convert(mode)
+                    img = convert_image(img, mode)
             except (OSError, ValueError, SyntaxError) as exc:
                 if policy == "fail":
                     raise TeddyError(f"not a readable image: {path} ({exc}); set dataset.bad_images: skip "
@@ -255,9 +274,11 @@ def compute_normalisation(dataset_cfg: dict) -> dict:
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s) (dataset.bad_images: skip), e.g. {skipped[0]}",
               file=sys.stderr)
+    if ignored:
+        print(f"ignored {len(ignored)} file(s) without an image extension, e.g. {ignored[0]}", file=sys.stderr)
     if converted:
         print(f"converted {sum(converted.values())} image(s) to {mode} (modes found: {dict(converted)})",
               file=sys.stderr)
     return {"mean": mean.tolist(), "std": std.tolist(), "channels": channels,
             "image_size": int(setting(dataset_cfg, "image_size")), "classes": class_folders(dataset_cfg),
-            "train_counts": counts, "skipped": skipped, "converted": dict(converted)}
+            "train_counts": counts, "skipped": skipped, "ignored": ignored, "converted": dict(converted)}
