@@ -98,3 +98,13 @@ def write_class_folders(root: Path, classes, per_class=3, size=20, channels=3, t
                 pixels = images[j, 0] if channels == 1 else images[j].transpose(1, 2, 0)
                 Image.fromarray(pixels, mode).save(d / f"{name}_{j}.{ext}")
     return root
+
+
+def write_png_set(set_dir: Path, images, labels, mean, std, class_names, ipc: int, method: str = "fixture") -> Path:
+    """A distilled set in the on-disk format (teddy.distilled_set); returns its meta.json."""
+    from teddy.distilled_set import index_within_class, write_images, write_meta
+
+    write_images(Path(set_dir) / "images", images, labels, index_within_class(labels), mean, std)
+    write_meta(set_dir, method=method, ipc=ipc, class_names=class_names, mean=mean, std=std,
+               channels=images.shape[1], image_size=images.shape[-1], config={})
+    return Path(set_dir) / "meta.json"
