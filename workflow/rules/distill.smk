@@ -8,6 +8,7 @@ def shard_done_files(wildcards):
 
 rule distill:
     input:
+        data=DATA,
         pool=distill_pool_inputs,
     output:
         # the shard's PNGs, batch markers and checkpoint stay beside done.json, undeclared, so a

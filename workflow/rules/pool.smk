@@ -26,6 +26,7 @@ rule train_prior:
 
 rule pool_member:
     input:
+        data=DATA,
         model=f"{R}/base/{BASE_ARCH}/model.pt",
         metrics=snapshot_metrics,
     output:
