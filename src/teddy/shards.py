@@ -70,11 +70,19 @@ def shard_ranges(batches: int, batches_per_shard: int | None) -> list[range]:
 def method_shards(cfg: dict, method_name: str, ipc: int) -> list[range]:
     """The shards of one (method, IPC) of the config. A set-level method (teddy.methods.per_batch
     false: herding, whole-set selections) is one shard holding the whole set."""
-    from teddy.data import dataset_info
     from teddy.methods import full_recipe, per_batch
 
     recipe = full_recipe(cfg["distill"]["methods"][method_name])
     if not per_batch(recipe["method"]):
         return [range(1)]
-    n = num_batches(dataset_info(cfg["dataset"]).num_classes, int(ipc), int(recipe.get("batch_size", 100)))
+    n = num_batches(num_classes(cfg["dataset"]), int(ipc), int(recipe.get("batch_size", 100)))
     return shard_ranges(n, cfg["distill"].get("batches_per_shard"))
+
+
+def num_classes(dataset_cfg: dict) -> int:
+    """The class count, known when the workflow loads (a class-folder dataset's normalisation file,
+    which dataset_info may need for mean/std, does not exist yet then)."""
+    from teddy.data import dataset_info
+    from teddy.image_folder import class_folders, is_folder_dataset
+
+    return len(class_folders(dataset_cfg)) if is_folder_dataset(dataset_cfg) else dataset_info(dataset_cfg).num_classes

@@ -29,6 +29,7 @@ rule distill:
 
 rule gather:
     input:
+        data=DATA,
         shards=shard_done_files,
     output:
         images=directory(f"{R}/distilled/{{method}}/ipc{{ipc}}/images"),
