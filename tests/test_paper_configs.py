@@ -15,7 +15,7 @@ from fixtures import write_cifar, write_image_folder
 from teddy.data import batches, load_split
 from teddy.methods import METHODS
 from teddy.pool import member_names
-from teddy.shards import method_shards
+from teddy.shards import method_shards, shard_count
 from test_workflow import REPO, snakemake
 
 PAPER_CONFIGS = ["cifar10", "cifar100", "tiny_imagenet", "imagenet1k"]
@@ -68,7 +68,7 @@ def expected_counts(cfg: dict) -> dict[str, int]:
     methods = cfg["distill"]["methods"].values()
     pools = sorted({m["pool"] for m in methods if m.get("pool")})
     n_ipc, n_methods = len(cfg["distill"]["ipc"]), len(cfg["distill"]["methods"])
-    shards = sum(len(method_shards(cfg, m, ipc)) for m in cfg["distill"]["methods"] for ipc in cfg["distill"]["ipc"])
+    shards = sum(shard_count(cfg, m, ipc) for m in cfg["distill"]["methods"] for ipc in cfg["distill"]["ipc"])
     counts = {"train_base": 1, "train_prior": sum(1 for p in pools if cfg["pools"][p].get("recipe")),
               "pool_member": sum(len(member_names(cfg["pools"][p])) for p in pools),
               "pool_manifest": len(pools), "distill": shards, "gather": n_methods * n_ipc,
@@ -147,6 +147,6 @@ def test_imagenet_config_uses_the_pretrained_teacher_both_pools_and_gpu_sized_sh
     assert {cfg["pools"][p]["generator"] for p in used} == {"prior", "post"}
     assert cfg["pools"]["prior"]["recipe"]["epochs"] >= max(cfg["pools"]["prior"]["epochs"])
     # 1000 classes, batch 100: 10 batches per IPC index, 20 batches (one GPU job) per shard
-    assert [len(method_shards(cfg, "teddy", ipc)) for ipc in (10, 50, 100)] == [5, 25, 50]
-    assert all(len(r) == 20 for r in method_shards(cfg, "sre2l", 100))
-    assert [len(method_shards(load("tiny_imagenet"), "teddy", ipc)) for ipc in (10, 50, 100)] == [1, 2, 4]
+    assert [shard_count(cfg, "teddy", ipc) for ipc in (10, 50, 100)] == [5, 25, 50]
+    assert all(len(r) == 20 for r in method_shards(cfg, "sre2l", 100, 1000))
+    assert [shard_count(load("tiny_imagenet"), "teddy", ipc) for ipc in (10, 50, 100)] == [1, 2, 4]

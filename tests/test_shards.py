@@ -16,7 +16,7 @@ from teddy.io import load_json
 from teddy.methods import DistillTask, get_method
 from teddy.models import build_model
 from teddy.pool import load_pool, save_model
-from teddy.shards import method_shards
+from teddy.shards import shard_count
 from teddy.train import recalibrate_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,7 +49,7 @@ def config(section, batches_per_shard=None, method="teddy"):
 
 def run_all(cfg, members, set_dir: Path, ipc: int, method="teddy") -> dict:
     shard_dirs = []
-    for k in range(len(method_shards(cfg, method, ipc))):
+    for k in range(shard_count(cfg, method, ipc)):
         shard_dirs.append(set_dir / "shards" / str(k))
         stages.distill(cfg, method, ipc, k, members, shard_dirs[-1])
     stages.gather(cfg, method, ipc, shard_dirs, set_dir / "meta.json", set_dir / "grid.png", set_dir / "log.json")
@@ -88,7 +88,7 @@ def test_pngs_read_back_equal_the_quantised_in_memory_set(setup, tmp_path):
 def test_set_level_method_is_one_shard(setup, tmp_path):
     root, section, members = setup
     cfg = config(section, 1, method="herding")
-    assert len(method_shards(cfg, "herding", 3)) == 1
+    assert shard_count(cfg, "herding", 3) == 1
     meta = run_all(cfg, members[:1], tmp_path / "herding", ipc=3, method="herding")
     assert meta["counts"] == [3] * 10
 

@@ -67,16 +67,28 @@ def shard_ranges(batches: int, batches_per_shard: int | None) -> list[range]:
     return [range(first, min(batches, first + size)) for first in range(0, batches, size)]
 
 
-def method_shards(cfg: dict, method_name: str, ipc: int) -> list[range]:
-    """The shards of one (method, IPC) of the config. A set-level method (teddy.methods.per_batch
-    false: herding, whole-set selections) is one shard holding the whole set."""
+def method_shards(cfg: dict, method_name: str, ipc: int, classes: int) -> list[range]:
+    """The shards (ranges of batch indices) of one (method, IPC) of the config, for a dataset of
+    `classes` classes. A set-level method (teddy.methods.per_batch false: herding, whole-set
+    selections) is one shard holding the whole set, written as one "batch" 0."""
     from teddy.methods import full_recipe, per_batch
 
     recipe = full_recipe(cfg["distill"]["methods"][method_name])
     if not per_batch(recipe["method"]):
         return [range(1)]
-    n = num_batches(num_classes(cfg["dataset"]), int(ipc), int(recipe.get("batch_size", 100)))
+    n = num_batches(int(classes), int(ipc), int(recipe.get("batch_size", 100)))
     return shard_ranges(n, cfg["distill"].get("batches_per_shard"))
+
+
+def shard_count(cfg: dict, method_name: str, ipc: int) -> int:
+    """How many distill jobs the workflow makes for one (method, IPC), known when it loads (the
+    class count is read only when distill.batches_per_shard asks for more than one shard)."""
+    from teddy.methods import per_batch
+
+    if cfg["distill"].get("batches_per_shard") is None or \
+            not per_batch(cfg["distill"]["methods"][method_name]["method"]):
+        return 1
+    return len(method_shards(cfg, method_name, ipc, num_classes(cfg["dataset"])))
 
 
 def num_classes(dataset_cfg: dict) -> int:

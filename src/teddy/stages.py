@@ -188,11 +188,11 @@ def distill(cfg: dict, method_name: str, ipc: int, shard: int, pool_member_paths
     batch under shard_dir, then shard_dir/done.json. Batches an earlier start finished are
     skipped; the current one resumes from shard_dir/distill.ckpt."""
     recipe = cfg["distill"]["methods"][method_name]
-    ranges = method_shards(cfg, method_name, ipc)
+    info = dataset_info(cfg["dataset"])
+    ranges = method_shards(cfg, method_name, ipc, info.num_classes)
     if not 0 <= int(shard) < len(ranges):
         raise TeddyError(f"shard {shard} is beyond the set: {method_name} at IPC {ipc} has {len(ranges)} shard(s) "
                          f"(config key distill.batches_per_shard)")
-    info = dataset_info(cfg["dataset"])
     device = resolve_device(cfg.get("device", "auto"))
     seed = int(cfg["distill"].get("seed", 0))
     shard_dir = Path(shard_dir)
@@ -225,9 +225,10 @@ def distill(cfg: dict, method_name: str, ipc: int, shard: int, pool_member_paths
 
 def gather(cfg: dict, method_name: str, ipc: int, shard_dirs, meta_out, grid_out, log_out) -> dict:
     """Check every shard of one (method, IPC) and assemble the set: images/, meta.json, grid.png, log.json."""
-    batches = sum(len(r) for r in method_shards(cfg, method_name, ipc))
+    info = dataset_info(cfg["dataset"])
+    batches = sum(len(r) for r in method_shards(cfg, method_name, ipc, info.num_classes))
     return gather_shards(shard_dirs, Path(meta_out).parent, grid_out, log_out, method=method_name, ipc=int(ipc),
-                         num_batches=batches, info=dataset_info(cfg["dataset"]))
+                         num_batches=batches, info=info)
 
 
 # 4-5. relabel and evaluate ------------------------------------------------------------------

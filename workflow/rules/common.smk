@@ -5,7 +5,7 @@ from teddy.config import check_config
 from teddy.errors import TeddyError
 from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
-from teddy.shards import method_shards
+from teddy.shards import shard_count
 
 try:
     check_config(config)

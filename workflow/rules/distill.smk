@@ -2,7 +2,7 @@
 # batches (distill.batches_per_shard; teddy.shards), then one gather per (method, IPC) that checks
 # the shards and assembles the set: an ImageFolder of PNGs plus meta.json (teddy.distilled_set).
 def shard_done_files(wildcards):
-    count = len(method_shards(config, wildcards.method, int(wildcards.ipc)))
+    count = shard_count(config, wildcards.method, int(wildcards.ipc))
     return [f"{R}/distilled/{wildcards.method}/ipc{wildcards.ipc}/shards/{k}/done.json" for k in range(count)]
 
 
