@@ -66,8 +66,9 @@ def run_within_budget(method, task_for, budget):
     t0 = time.perf_counter()
     probe = get_method(method)(task_for({"iterations": 3}))
     probe_seconds = time.perf_counter() - t0
-    per_iteration = probe.log["optimise_seconds"] / 3
-    setup = probe_seconds - probe.log["optimise_seconds"]
+    optimise_seconds = sum(b["optimise_seconds"] for b in probe.log["batches"])  # per-batch harness
+    per_iteration = optimise_seconds / 3
+    setup = probe_seconds - optimise_seconds
     iterations = max(1, int((budget - setup) / per_iteration))
     t0 = time.perf_counter()
     result = get_method(method)(task_for({"iterations": iterations}))
