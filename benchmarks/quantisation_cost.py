@@ -57,7 +57,7 @@ def main() -> None:
         stored, stored_labels, _ = load_set_tensors(meta_path)
         same = torch.equal(stored_labels, labels) and torch.allclose(stored, quantised, atol=1e-6)
         print(f"re-made set {'equals' if same else 'DIFFERS FROM'} the stored PNGs at {meta_path}")
-    step = (torch.tensor(info.std) / 255).tolist()
+    step = [round(1 / (255 * s), 5) for s in info.std]
     print(f"largest pixel change from quantisation: {(images - quantised).abs().max().item():.5f} "
           f"(normalised units; one uint8 step is {step})")
 

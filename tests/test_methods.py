@@ -7,7 +7,7 @@ from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.errors import TeddyError
 from teddy.methods import METHODS, DistillTask, get_method
 from teddy.data import apply_augment, pixel_bounds, sample_augment_params
-from teddy.methods.base import chosen_real, optimise_synthetic, run_batches
+from teddy.methods.base import chosen_real
 from teddy.methods.bilevel import unrolled_loss
 from teddy.methods.teddy import statistics_loss_fn
 from teddy.shards import batch_plan, batch_seed, num_batches, shard_ranges
