@@ -3,18 +3,16 @@ import math
 import pytest
 import torch
 
-from teddy.data import DatasetInfo, TensorImageDataset
+from teddy.data import DatasetInfo, TensorImageDataset, apply_augment, pixel_bounds, sample_augment_params
 from teddy.errors import TeddyError
 from teddy.methods import METHODS, DistillTask, get_method
-from teddy.data import apply_augment, pixel_bounds, sample_augment_params
 from teddy.methods.base import chosen_real
 from teddy.methods.bilevel import unrolled_loss
-from teddy.methods.teddy import statistics_loss_fn
-from teddy.shards import batch_plan, batch_seed, num_batches, shard_ranges
 from teddy.methods.herding import herd
-from teddy.methods.teddy import check_gradient_cache, gradient_loss_fn, real_gradients
+from teddy.methods.teddy import check_gradient_cache, gradient_loss_fn, real_gradients, statistics_loss_fn
 from teddy.models import build_model
 from teddy.pool import WeakPool
+from teddy.shards import batch_plan, batch_seed, num_batches, shard_ranges
 
 INFO = DatasetInfo("toy", 10, 1, 28, (0.3,), (0.3,))
 TINY = {"depth": 2, "width": 8}
