@@ -180,3 +180,20 @@ def test_region_teacher_softens_to_the_mean_of_the_cells_distributions():
     whole = F.softmax(teacher(x) / t, dim=1)
     assert not torch.allclose(got, whole, atol=1e-3)
     assert torch.allclose(F.softmax(RegionTeacher(teacher, 1, t)(x) / t, dim=1), whole, atol=1e-5)
+
+
+def test_image_folder_gives_the_set_the_same_images_in_memory_give(tmp_path):
+    from fixtures import write_image_folder
+    from teddy.data import dataset_info, load_split, stack_items
+
+    root = write_image_folder(tmp_path / "tiny", per_class=5, size=64)
+    folder = load_split({"name": "tiny_imagenet", "root": str(root), "val_fraction": 0.0, "num_workers": 1}, "train")
+    images, targets = stack_items(folder, range(len(folder)))
+    memory = TensorImageDataset(images, targets, folder.class_names)
+    info = dataset_info("tiny_imagenet")
+    info = DatasetInfo(info.name, 3, 3, 64, info.mean, info.std)
+    recipe = {"method": "rded", "factor": 2, "crops_per_image": 2, "candidates_per_class": 4}
+    observer = WeakPool([LinearObserver(0, channels=3, size=64)], ["base"])
+    a, b = (get_method("rded")(DistillTask(real, info, observer, 1, recipe, seed=1)) for real in (folder, memory))
+    assert a.images.shape == (3, 3, 64, 64) and torch.equal(a.labels, b.labels)
+    assert torch.allclose(a.images, b.images)

@@ -40,11 +40,12 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.functional import resized_crop
 from tqdm import tqdm
 
-from teddy.data import TensorImageDataset, batches, stack_items
+from teddy.data import TensorImageDataset, batches
 from teddy.errors import TeddyError
 from teddy.methods.base import Distilled, DistillTask, real_indices_per_class
 
@@ -153,6 +154,21 @@ def stitch(patches: torch.Tensor, factor: int, ipc: int) -> torch.Tensor:
     return grid.reshape(ipc, c, factor * p, factor * p)
 
 
+def class_batches(real, chosen: list[torch.Tensor], device: torch.device):
+    """The chosen real images of each class in turn, as one batch per class. Image folders are
+    read by one DataLoader over every class (the dataset's `num_workers` processes decode ahead,
+    as the peers' loader does), not image by image."""
+    if isinstance(real, TensorImageDataset):
+        for idx in chosen:
+            yield real.images[idx].to(device)
+        return
+    bounds = torch.cumsum(torch.tensor([0] + [len(idx) for idx in chosen]), 0).tolist()
+    loader = DataLoader(real.subset(torch.cat(chosen)), batch_sampler=[range(a, b) for a, b in zip(bounds, bounds[1:])],
+                        num_workers=getattr(real, "num_workers", 0), pin_memory=device.type == "cuda")
+    for x, _ in loader:
+        yield x.to(device, non_blocking=True)
+
+
 def distill(task: DistillTask) -> Distilled:
     s = settings(task.recipe)
     observer = observer_model(task)
@@ -160,16 +176,17 @@ def distill(task: DistillTask) -> Distilled:
     needed = task.ipc * factor ** 2
     cap = s["candidates_per_class"]
     generator = torch.Generator().manual_seed(task.seed)
-    images, labels, class_scores = [], [], []
-    for c, idx in enumerate(tqdm(real_indices_per_class(task), desc="rded classes", file=sys.stderr,
-                                 mininterval=5)):
+    chosen = []
+    for c, idx in enumerate(real_indices_per_class(task)):
         wanted = len(idx) if cap is None else int(cap)
         if len(idx) < max(wanted, needed):
             raise TeddyError(f"class {c} has {len(idx)} real images, fewer than the {max(wanted, needed)} asked for "
                              f"(rded recipe keys candidates_per_class, IPC x factor^2)")
-        chosen = idx[torch.randperm(len(idx), generator=generator)[:wanted]]
-        real, _ = stack_items(task.real, chosen)
-        picked = select_patches(observer, real.to(task.device), c, needed, s, size, task.device, generator)
+        chosen.append(idx[torch.randperm(len(idx), generator=generator)[:wanted]])
+    images, labels, class_scores = [], [], []
+    for c, real in enumerate(tqdm(class_batches(task.real, chosen, task.device), total=len(chosen),
+                                  desc="rded classes", file=sys.stderr, mininterval=5)):
+        picked = select_patches(observer, real, c, needed, s, size, task.device, generator)
         images.append(stitch(picked["patches"], factor, task.ipc).cpu())
         labels.append(torch.full((task.ipc,), c, dtype=torch.long))
         class_scores.append(picked["scores"])
