@@ -197,3 +197,27 @@ def test_image_folder_gives_the_set_the_same_images_in_memory_give(tmp_path):
     a, b = (get_method("rded")(DistillTask(real, info, observer, 1, recipe, seed=1)) for real in (folder, memory))
     assert a.images.shape == (3, 3, 64, 64) and torch.equal(a.labels, b.labels)
     assert torch.allclose(a.images, b.images)
+
+
+def test_distill_stage_writes_an_rded_set_scored_by_the_single_pool_member(tmp_path, fmnist_root):
+    from teddy import stages
+    from teddy.data import dataset_info, load_split
+    from teddy.distilled_set import load_set_tensors, quantise
+    from teddy.pool import load_model, save_model
+
+    recipe = {"method": "rded", "pool": "single", "factor": 2, "crops_per_image": 2, "candidates_per_class": 8}
+    cfg = {"dataset": {"name": "fashion_mnist", "root": str(fmnist_root), "val_fraction": 0.0}, "device": "cpu",
+           "base": {"arch": "convnet"}, "arch_options": {"convnet": {"depth": 1, "width": 4}},
+           "pools": {"single": {"generator": "single"}}, "distill": {"ipc": [2], "methods": {"rded": recipe}}}
+    save_model(tmp_path / "base.pt", stages.build(cfg, "convnet", seed=0), {"arch": "convnet"})
+    set_dir = tmp_path / "distilled" / "rded" / "ipc2"
+    log = stages.distill(cfg, "rded", 2, [tmp_path / "base.pt"], set_dir / "meta.json", set_dir / "grid.png",
+                         set_dir / "log.json")
+    images, labels, meta = load_set_tensors(set_dir)
+    assert images.shape == (20, 1, 28, 28) and labels.tolist() == [c for c in range(10) for _ in range(2)]
+    assert meta["method"] == "rded" and log["factor"] == 2 and log["patches"] == 80
+    # the stage's set is the method's own output, as stored
+    task = DistillTask(load_split(cfg["dataset"], "train"), dataset_info(cfg["dataset"]),
+                       WeakPool([load_model(tmp_path / "base.pt")[0]], ["base"]), 2, recipe)
+    direct = get_method("rded")(task)
+    assert torch.allclose(images, quantise(direct.images, (0.2860,), (0.3530,)), atol=1e-5)
