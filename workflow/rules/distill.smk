@@ -4,7 +4,8 @@ rule distill:
         pool=distill_pool_inputs,
     output:
         data=f"{R}/distilled/{{method}}/ipc{{ipc}}/data.pt",
-        grid=f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png",
+        grid=report(f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png", caption="../report/grid.rst",
+                    category="Distilled images", subcategory="{method}", labels={"method": "{method}", "IPC": "{ipc}"}),
         log_json=f"{R}/distilled/{{method}}/ipc{{ipc}}/log.json",
     params:
         checkpoint=f"{R}/distilled/{{method}}/ipc{{ipc}}/distill.ckpt",
