@@ -71,7 +71,15 @@ def test_means_and_sample_stds_over_seeds(tmp_path):
     teddy = cell(table, "online_kd", "measured", "teddy", 1)
     assert teddy["mean"] == pytest.approx(52.0) and teddy["std"] == pytest.approx(2.83, abs=0.01)
     assert teddy["seeds"] == 2
-    assert cell(table, "online_kd", "measured", "random", 10)["std"] == 0.0
+    assert cell(table, "online_kd", "measured", "random", 10)["std"] == 0.0  # two equal seeds
+
+
+def test_one_seed_has_no_spread_and_shows_the_mean_alone(tmp_path):
+    results = collect_results(write_results(tmp_path))
+    one = accuracy_table(results[results["seed"] == 0])
+    assert one["std"].isna().all() and (one["seeds"] == 1).all()
+    md = render_markdown("fashion_mnist", paper_table(one))
+    assert "| **50.00** " in md and "±" not in md.split("## convnet, online_kd")[1]
 
 
 def test_best_measured_value_per_column_is_marked(tmp_path):

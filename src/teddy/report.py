@@ -82,11 +82,12 @@ def check_cells(results: pd.DataFrame, requested: pd.DataFrame, what: str = "eva
 
 
 def _mean_std(results: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean and sample std (ddof=1; 0 for one seed) of top-1 over seeds, in %."""
+    """Mean and sample std (ddof=1; NaN for one seed, shown as the mean alone) of top-1 over
+    seeds, in %."""
     grouped = results.groupby(keys, sort=True)["test_accuracy"]
     table = grouped.agg(mean="mean", std="std", seeds="count").reset_index()
     table["mean"] = (table["mean"] * 100).round(2)
-    table["std"] = (table["std"].fillna(0.0) * 100).round(2)
+    table["std"] = (table["std"] * 100).round(2)
     return table
 
 
@@ -112,8 +113,8 @@ def with_distill_seconds(table: pd.DataFrame, distilled_dir) -> pd.DataFrame:
 def paper_table(measured: pd.DataFrame, ceilings: pd.DataFrame | None = None,
                 published: pd.DataFrame | None = None) -> pd.DataFrame:
     """Long form of every block: student, labels, kind (ceiling|measured|published), method, ipc,
-    mean, std, seeds, best, whole_train_set, norm, source, distill_seconds. Ceiling rows repeat their one value in every IPC column
-    of their block; published rows are matched on student and protocol (soft: online_kd/stored,
+    mean, std, seeds, best, whole_train_set, norm, source, distill_seconds. Ceiling rows repeat
+    their one value in every IPC column of their block; published rows are matched on student and protocol (soft: online_kd/stored,
     hard: hard), and a published whole-dataset figure (no IPC) is repeated like a ceiling."""
     rows = []
     for (student, labels), block in measured.groupby(["arch", "labels"], sort=True):
@@ -204,7 +205,7 @@ def render_markdown(dataset: str, table: pd.DataFrame, efficiency: pd.DataFrame 
         out += [f"- {r.method}: {r.source}" for r in published.itertuples(index=False)] + [""]
     if efficiency is not None and not efficiency.empty:
         out += ["## Efficiency (Snakemake benchmark files; peak GPU memory as logged by each job)", "",
-                efficiency.to_markdown(index=False), ""]
+                efficiency.astype(object).where(efficiency.notna(), "").to_markdown(index=False), ""]
     return "\n".join(out)
 
 
