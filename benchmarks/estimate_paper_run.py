@@ -4,7 +4,9 @@ times measured here on short slices of each job's real training loop.
 Each training job is `teddy.train.train_model` over the data sizes of the config (random pixels
 of the dataset's shape: the cost of a step does not depend on what the images show). A short
 slice of each is timed (a few epochs of a student, a few hundred batches of a whole-set run) and
-scaled to the recipe's length; one evaluation of the test set is added per job. Distillation is
+scaled to the recipe's length; one evaluation of the test set is added per job. Times are CPU
+seconds of one torch thread (time.process_time), so that other work on the machine during the
+measurement inflates them less than wall time would; data loading and start-up are not counted. Distillation is
 timed through the real methods on a random "real" set for a fraction of its iterations. The
 estimate assumes `--cores N` runs N one-thread jobs at once after the base model (which takes
 `threads.train_base` cores alone), with no scheduling gaps: a lower bound of the real wall time,
@@ -16,7 +18,7 @@ which also depends on what else runs on the machine.
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import time
 from pathlib import Path
 
@@ -48,9 +50,11 @@ def model(cfg, arch, info):
 
 
 def timed(fn) -> float:
-    t0 = time.perf_counter()
+    """CPU seconds of this process (one torch thread): what the job would take alone on a core,
+    even while other work shares the machine during the measurement."""
+    t0 = time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def train_seconds(cfg, arch, info, n_images, recipe, teacher_arch=None, slice_epochs=None, slice_images=None):
@@ -82,10 +86,10 @@ def main():
                                                            DEVICE)) for a in cfg["evaluate"]["students"]}
     rows = []  # (stage, jobs, seconds per job, threads)
 
-    torch.set_num_threads(int(cfg.get("threads", {}).get("train_base", 2)))
+    # measured on one thread; its `threads.train_base` threads are assumed to divide it perfectly
+    base_threads = int(cfg.get("threads", {}).get("train_base", 2))
     base = train_seconds(cfg, base_arch, info, train_size, cfg["base"]["recipe"], slice_epochs=1, slice_images=10240)
-    rows.append(("train_base", 1, base + test_seconds.get(base_arch, 5.0), torch.get_num_threads()))
-    torch.set_num_threads(1)
+    rows.append(("train_base", 1, (base + test_seconds.get(base_arch, 5.0)) / base_threads, base_threads))
 
     pools = {r["pool"] for r in cfg["distill"]["methods"].values() if r.get("pool")}
     rows.append(("pool_member", sum(len(member_names(cfg["pools"][p])) for p in pools), 5.0, 1))
@@ -124,8 +128,9 @@ def main():
                 rows.append((f"ceiling {arch} {labels}", len(cfg["ceiling"].get("seeds", [0])),
                              s + test_seconds[arch], 1))
 
-    print(f"config: {args.config}; {args.cores} cores; per-job seconds measured on this machine, 1 thread "
-          f"(train_base: {rows[0][3]})\n")
+    print(f"config: {args.config}; {args.cores} cores; per-job CPU seconds measured on this machine with one "
+          f"thread (train_base divided by its {rows[0][3]} threads); load average during the run: "
+          f"{os.getloadavg()[0]:.1f}\n")
     print("| jobs | stage | seconds per job | job-seconds |\n|---:|:---|---:|---:|")
     for stage, jobs, seconds, _ in rows:
         print(f"| {jobs} | {stage} | {seconds:.1f} | {jobs * seconds:.0f} |")
