@@ -76,20 +76,21 @@ def test_store_for_another_run_is_refused():
 
 def test_relabel_and_evaluate_stages_with_stored_labels(tmp_path, fmnist_root):
     from teddy import stages
-    from teddy.io import load_torch, save_distilled
+    from fixtures import write_png_set
+    from teddy.io import load_torch
     from teddy.pool import save_model
 
     cfg = {"dataset": {"name": "fashion_mnist", "root": str(fmnist_root)}, "device": "cpu",
            "arch_options": {"convnet": {"depth": 1, "width": 4}},
            "evaluate": {"labels": "stored", "recipe": {**RECIPE, "batch_size": 256}}}
     data = _distilled()
-    save_distilled(tmp_path / "data.pt", data.images, data.targets, [0.3], [0.3], data.class_names, config={})
+    meta = write_png_set(tmp_path / "set", data.images, data.targets, [0.3], [0.3], data.class_names, ipc=2)
     save_model(tmp_path / "teacher.pt", _teacher(), {})
-    stages.relabel(cfg, 0, tmp_path / "data.pt", tmp_path / "teacher.pt", tmp_path / "soft_labels_seed0.pt")
+    stages.relabel(cfg, 0, meta, tmp_path / "teacher.pt", tmp_path / "soft_labels_seed0.pt")
     assert load_torch(tmp_path / "soft_labels_seed0.pt")["batch_size"] == 20  # capped like the student's
-    result = stages.evaluate(cfg, "m", 2, "convnet", 0, tmp_path / "data.pt", tmp_path / "missing_teacher.pt",
+    result = stages.evaluate(cfg, "m", 2, "convnet", 0, meta, tmp_path / "missing_teacher.pt",
                              tmp_path / "eval.json", soft_labels_path=tmp_path / "soft_labels_seed0.pt")
     assert result["labels"] == "stored" and 0 <= result["test_accuracy"] <= 1
     with pytest.raises(TeddyError, match="stored"):
-        stages.evaluate(cfg, "m", 2, "convnet", 0, tmp_path / "data.pt", tmp_path / "teacher.pt",
+        stages.evaluate(cfg, "m", 2, "convnet", 0, meta, tmp_path / "teacher.pt",
                         tmp_path / "eval2.json")

@@ -13,8 +13,8 @@ from torchvision.utils import save_image
 
 from teddy.data import TensorImageDataset, dataset_info, denormalise, load_split
 from teddy.errors import TeddyError
-from teddy.io import (atomic_path, load_distilled, load_json, load_torch, save_distilled, save_json, save_text,
-                      save_torch)
+from teddy.distilled_set import index_within_class, load_set_tensors, quantise, write_images, write_meta
+from teddy.io import atomic_path, load_json, load_torch, save_json, save_text, save_torch
 from teddy.methods import DistillTask, get_method
 from teddy.models import model_from_spec
 from teddy.pool import (FreshModelPool, choose_snapshot, load_model, load_pool, manifest_row, prune_channels,
@@ -127,8 +127,9 @@ def pool_manifest(member_paths, out_csv) -> list[dict]:
 
 # 3. distillation ----------------------------------------------------------------------------
 
-def distill(cfg: dict, method_name: str, ipc: int, pool_member_paths, data_out, grid_out, log_out,
+def distill(cfg: dict, method_name: str, ipc: int, pool_member_paths, meta_out, grid_out, log_out,
             checkpoint=None) -> dict:
+    """Distil one (method, IPC) set and write it as PNGs under images/ beside `meta_out` (teddy.distilled_set)."""
     recipe = cfg["distill"]["methods"][method_name]
     info = dataset_info(cfg["dataset"])
     device = resolve_device(cfg.get("device", "auto"))
@@ -147,12 +148,15 @@ def distill(cfg: dict, method_name: str, ipc: int, pool_member_paths, data_out, 
     t0 = time.perf_counter()
     result = get_method(recipe["method"])(task)
     seconds = time.perf_counter() - t0
-    save_distilled(data_out, result.images, result.labels, info.mean, info.std, real.class_names,
-                   config={"method_name": method_name, "ipc": int(ipc), "recipe": recipe, "dataset": cfg["dataset"],
-                           "pool": [str(p) for p in pool_member_paths]})
-    with atomic_path(grid_out) as tmp:
-        save_image(denormalise(result.images, info), tmp, nrow=int(ipc) if ipc > 1 else info.num_classes,
-                   format="png")
+    set_dir = Path(meta_out).parent
+    write_images(set_dir / "images", result.images, result.labels, index_within_class(result.labels),
+                 info.mean, info.std)
+    write_meta(set_dir, method=method_name, ipc=int(ipc), class_names=real.class_names, mean=info.mean,
+               std=info.std, channels=info.channels, image_size=info.image_size,
+               config={"recipe": recipe, "dataset": cfg["dataset"], "pool": [str(p) for p in pool_member_paths]})
+    with atomic_path(grid_out) as tmp:  # the images as stored (quantised)
+        save_image(denormalise(quantise(result.images, info.mean, info.std), info), tmp,
+                   nrow=int(ipc) if ipc > 1 else info.num_classes, format="png")
     log = {"method": method_name, "ipc": int(ipc), "seconds": seconds, **result.log}
     save_json(log, log_out)
     remove_checkpoint(checkpoint)
@@ -168,23 +172,23 @@ def student_recipe(cfg: dict, num_images: int) -> dict:
     return recipe
 
 
-def relabel(cfg: dict, seed: int, distilled_path, teacher_path, out_path) -> dict:
+def relabel(cfg: dict, seed: int, distilled_meta, teacher_path, out_path) -> dict:
     """Stored soft labels (evaluate.labels: stored) for the student runs of one seed."""
     device = resolve_device(cfg.get("device", "auto"))
-    distilled = load_distilled(distilled_path)
+    images, labels, _ = load_set_tensors(distilled_meta)
     teacher, _ = load_model(teacher_path, what="teacher (base model)")
-    store = precompute_soft_labels(distilled["images"], teacher, student_recipe(cfg, len(distilled["labels"])),
+    store = precompute_soft_labels(images, teacher, student_recipe(cfg, len(labels)),
                                    int(seed), device)
     save_torch(store, out_path)
     return store
 
 
-def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, distilled_path, teacher_path,
+def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, distilled_meta, teacher_path,
              out_json, checkpoint=None, soft_labels_path=None) -> dict:
     ev = cfg["evaluate"]
     device = resolve_device(cfg.get("device", "auto"))
-    distilled = load_distilled(distilled_path)
-    train_set = TensorImageDataset(distilled["images"], distilled["labels"], distilled["class_names"])
+    images, labels_, meta = load_set_tensors(distilled_meta)
+    train_set = TensorImageDataset(images, labels_, meta["class_names"])
     labels = ev.get("labels", "online_kd")
     teacher = store = None
     if labels == "online_kd":

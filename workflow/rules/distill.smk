@@ -1,9 +1,11 @@
-# Stage 3: one distillation job per (method, IPC).
+# Stage 3: one distillation job per (method, IPC); the set is an ImageFolder of PNGs plus
+# meta.json (teddy.distilled_set).
 rule distill:
     input:
         pool=distill_pool_inputs,
     output:
-        data=f"{R}/distilled/{{method}}/ipc{{ipc}}/data.pt",
+        images=directory(f"{R}/distilled/{{method}}/ipc{{ipc}}/images"),
+        meta=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
         grid=report(f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png", caption="../report/grid.rst",
                     category="Distilled images", subcategory="{method}", labels={"method": "{method}", "IPC": "{ipc}"}),
         log_json=f"{R}/distilled/{{method}}/ipc{{ipc}}/log.json",

@@ -3,7 +3,7 @@
 # (evaluate.labels: stored). The plan depends on the seed, not on the student architecture.
 rule relabel:
     input:
-        distilled=f"{R}/distilled/{{method}}/ipc{{ipc}}/data.pt",
+        distilled=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
         teacher=f"{R}/base/{BASE_ARCH}/model.pt",
     output:
         f"{R}/distilled/{{method}}/ipc{{ipc}}/soft_labels_seed{{seed}}.pt",
