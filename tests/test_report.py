@@ -74,6 +74,13 @@ def test_means_and_sample_stds_over_seeds(tmp_path):
     assert cell(table, "online_kd", "measured", "random", 10)["std"] == 0.0  # two equal seeds
 
 
+def test_our_methods_follow_the_given_order(tmp_path):
+    measured = accuracy_table(collect_results(write_results(tmp_path)))
+    methods = lambda t: list(dict.fromkeys(t.loc[t["kind"] == "measured", "method"]))
+    assert methods(paper_table(measured)) == ["random", "teddy"]
+    assert methods(paper_table(measured, method_order=["teddy", "random"])) == ["teddy", "random"]
+
+
 def test_one_seed_has_no_spread_and_shows_the_mean_alone(tmp_path):
     results = collect_results(write_results(tmp_path))
     one = accuracy_table(results[results["seed"] == 0])

@@ -111,11 +111,12 @@ def with_distill_seconds(table: pd.DataFrame, distilled_dir) -> pd.DataFrame:
 
 
 def paper_table(measured: pd.DataFrame, ceilings: pd.DataFrame | None = None,
-                published: pd.DataFrame | None = None) -> pd.DataFrame:
+                published: pd.DataFrame | None = None, method_order=None) -> pd.DataFrame:
     """Long form of every block: student, labels, kind (ceiling|measured|published), method, ipc,
     mean, std, seeds, best, whole_train_set, norm, source, distill_seconds. Ceiling rows repeat
     their one value in every IPC column of their block; published rows are matched on student and protocol (soft: online_kd/stored,
-    hard: hard), and a published whole-dataset figure (no IPC) is repeated like a ceiling."""
+    hard: hard), and a published whole-dataset figure (no IPC) is repeated like a ceiling. Our
+    methods follow `method_order` (the config's order) when given, else alphabetical order."""
     rows = []
     for (student, labels), block in measured.groupby(["arch", "labels"], sort=True):
         ipcs = sorted(int(i) for i in block["ipc"].unique())
@@ -149,8 +150,11 @@ def paper_table(measured: pd.DataFrame, ceilings: pd.DataFrame | None = None,
     table["best"] = False
     table.loc[is_measured, "best"] = table.loc[is_measured, "mean"] == column_best
     table["order"] = table["kind"].map(KIND_ORDER)
-    table = table.sort_values(["student", "labels", "order", "method", "ipc"], kind="stable")
-    return table.drop(columns="order").reset_index(drop=True)[
+    rank = {m: i for i, m in enumerate(method_order or [])}
+    table["method_rank"] = [rank.get(m, len(rank)) if k == "measured" else 0
+                            for k, m in zip(table["kind"], table["method"])]
+    table = table.sort_values(["student", "labels", "order", "method_rank", "method", "ipc"], kind="stable")
+    return table.drop(columns=["order", "method_rank"]).reset_index(drop=True)[
         ["student", "labels", "kind", "method", "ipc", "mean", "std", "seeds", "best", "whole_train_set", "norm",
          "source", "distill_seconds"]]
 

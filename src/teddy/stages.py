@@ -255,7 +255,7 @@ def aggregate(cfg: dict, eval_jsons, ceiling_jsons, benchmark_files, published_p
         check_cells(found, wanted_ceilings, what="ceiling")
         ceilings = ceiling_table(found.merge(wanted_ceilings, on=list(wanted_ceilings.columns)))
     published = load_published(published_path, dataset) if published_path else None
-    table = paper_table(measured, ceilings, published)
+    table = paper_table(measured, ceilings, published, method_order=list(cfg["distill"]["methods"]))
     efficiency = efficiency_table(benchmark_files, cfg["distill"]["methods"])
     with atomic_path(table_csv) as tmp:
         table.to_csv(tmp, index=False)
