@@ -182,3 +182,32 @@ def test_latex_is_booktabs_with_balanced_braces_and_equal_row_lengths(tmp_path):
 def test_html_holds_every_block(tmp_path):
     page = render_html("fashion_mnist", build(tmp_path))
     assert page.count("<table") == 2 and "<b>52.00 ± 2.83</b>" in page
+
+
+def test_aggregate_stage_writes_every_output_and_names_a_missing_ceiling(tmp_path):
+    from teddy import stages
+    from test_efficiency import write_job
+
+    cfg = {**CFG, "dataset": {"name": "fashion_mnist"}, "results_dir": str(tmp_path)}
+    evals = write_results(tmp_path)
+    ceiling_jsons = []
+    for labels in ("hard", "online_kd"):
+        for seed in (0, 1):
+            p = tmp_path / "ceiling" / "convnet" / labels / f"seed{seed}.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps({"arch": "convnet", "labels": labels, "seed": seed, "test_accuracy": 0.9}))
+            ceiling_jsons.append(p)
+    published = tmp_path / "published"
+    published.mkdir()
+    (published / "a.csv").write_text(",".join(COLUMNS) + "\nfashion_mnist,dc,10,convnet,hard,instance,82.3,,DC\n")
+    benchmarks = [write_job(tmp_path, "distill", "teddy/ipc1", 3.0, 100.0, 2.5)]
+    out = {name: tmp_path / "tables" / name for name in
+           ("accuracy.csv", "accuracy.md", "accuracy.tex", "accuracy.html", "efficiency.csv")}
+    plots = {labels: tmp_path / "plots" / f"{labels}.png" for labels in ("online_kd", "hard")}
+    table = stages.aggregate(cfg, evals, ceiling_jsons, benchmarks, published, *out.values(), plots)
+    assert all(p.is_file() for p in [*out.values(), *plots.values()])
+    assert set(table["kind"]) == {"ceiling", "measured", "published"}
+    assert "dc (published, instance norm)" in out["accuracy.md"].read_text()
+    with pytest.raises(TeddyError, match="no ceiling result for the requested cell arch=convnet labels=hard seed=1"):
+        stages.aggregate(cfg, evals, ceiling_jsons[:1] + ceiling_jsons[2:], benchmarks, published, *out.values(),
+                         plots)
