@@ -74,6 +74,9 @@ def collect_results(json_paths, what: str = "evaluation result") -> pd.DataFrame
 def check_cells(results: pd.DataFrame, requested: pd.DataFrame, what: str = "evaluation") -> None:
     """Every requested cell must have a result: a missing one is named, never left empty."""
     keys = list(requested.columns)
+    absent = [k for k in keys if k not in results]
+    if absent:
+        raise TeddyError(f"{what} results lack the fields {absent}")
     have = set(map(tuple, results[keys].astype({k: requested[k].dtype for k in keys}).itertuples(index=False)))
     for cell in requested.itertuples(index=False):
         if tuple(cell) not in have:
