@@ -2,6 +2,7 @@
 # (method, IPC, architecture, seed); top-1 on the real test set.
 rule evaluate:
     input:
+        data=DATA,
         distilled=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
         teacher=f"{R}/base/{BASE_ARCH}/model.pt",
         # only when evaluate.labels is stored: the precomputed teacher logits of this seed
