@@ -23,9 +23,10 @@ def test_shipped_published_files_load_with_one_schema():
 
 def test_every_csv_of_the_folder_is_read(tmp_path):
     (tmp_path / "a.csv").write_text(f"# comment\n{HEADER}\nfashion_mnist,x,1,convnet,soft,batch,50,1.2,me\n")
-    (tmp_path / "b.csv").write_text(f"{HEADER}\nfashion_mnist,y,10,convnet,hard,instance,80,,you\n")
+    (tmp_path / "b.csv").write_text(f"{HEADER}\nfashion_mnist,y,10,convnet,hard,,80,,you\n")
     table = load_published(tmp_path)
     assert list(table["method"]) == ["x", "y"] and table["std"].isna().tolist() == [False, True]
+    assert table["norm"].isna().tolist() == [False, True]  # empty norm: not stated by the source
     assert list(load_published(tmp_path / "b.csv")["method"]) == ["y"]  # or one named file
 
 

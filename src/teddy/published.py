@@ -2,7 +2,7 @@
 
 Columns: dataset, method, ipc (empty: the whole training set), student (a name of our model
 registry where one fits), labels (soft|hard: the protocol the figure was measured under), norm
-(the student's normalisation layers), top1 and std (%, std empty when the source gives none),
+(the student's normalisation layers; empty when the source does not say), top1 and std (%, std empty when the source gives none),
 source. Lines starting with '#' are comments. A bad field stops with the file and line.
 """
 
@@ -50,8 +50,10 @@ def _parse_row(fields: dict, where: str) -> dict:
             raise TeddyError(f"{where}: field '{key}' is empty")
     if row["labels"] not in LABELS:
         raise TeddyError(f"{where}: field 'labels' is '{row['labels']}', expected one of {list(LABELS)}")
-    if row["norm"] not in NORMS:
-        raise TeddyError(f"{where}: field 'norm' is '{row['norm']}', expected one of {list(NORMS)}")
+    if row["norm"] and row["norm"] not in NORMS:
+        raise TeddyError(f"{where}: field 'norm' is '{row['norm']}', expected one of {list(NORMS)} "
+                         f"(empty: not stated by the source)")
+    row["norm"] = row["norm"] or pd.NA
     if row["ipc"]:
         if not row["ipc"].isdigit() or int(row["ipc"]) < 1:
             raise TeddyError(f"{where}: field 'ipc' is '{row['ipc']}', expected an integer >= 1 "

@@ -10,6 +10,7 @@ CEILING_JSONS = expand(f"{R}/ceiling/{{arch}}/{{labels}}/seed{{seed}}.json", arc
 
 rule ceiling:
     input:
+        data=DATA,
         teacher=lambda wc: [f"{R}/base/{BASE_ARCH}/model.pt"] if wc.labels == "online_kd" else [],
     output:
         f"{R}/ceiling/{{arch}}/{{labels}}/seed{{seed}}.json",
