@@ -1,5 +1,7 @@
 """The efficiency table: Snakemake benchmark files per stage and method, GPU memory from logs."""
 
+import math
+
 import pytest
 
 from teddy.efficiency import GPU_MEMORY_TAG, efficiency_table, job_costs, log_for_benchmark
@@ -45,3 +47,21 @@ def test_unreadable_benchmark_is_named(tmp_path):
     bad.write_text("")
     with pytest.raises(TeddyError, match="unreadable benchmark file .*x.tsv"):
         job_costs([bad])
+
+
+def test_every_stage_logs_its_peak_gpu_memory_and_the_table_reads_it_back(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from teddy import efficiency, runner
+    from teddy.efficiency import read_peak_gpu_memory
+
+    log = tmp_path / "logs" / "distill" / "teddy" / "ipc1.log"
+    log.parent.mkdir(parents=True)
+    job = SimpleNamespace(log=[str(log)], threads=1, rule="distill")
+    with runner.stage(job):  # CPU: nothing to record
+        print("distilling")
+    assert GPU_MEMORY_TAG not in log.read_text() and math.isnan(read_peak_gpu_memory(log))
+    monkeypatch.setattr(efficiency, "peak_gpu_memory_mb", lambda: 1234.5)  # as a CUDA job would report
+    with runner.stage(job):
+        print("distilling")
+    assert read_peak_gpu_memory(log) == 1234.5
