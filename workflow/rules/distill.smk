@@ -34,7 +34,8 @@ rule gather:
     output:
         images=directory(f"{R}/distilled/{{method}}/ipc{{ipc}}/images"),
         meta=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
-        grid=f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png",
+        grid=report(f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png", caption="../report/grid.rst",
+                    category="Distilled images", subcategory="{method}", labels={"method": "{method}", "IPC": "{ipc}"}),
         log_json=f"{R}/distilled/{{method}}/ipc{{ipc}}/log.json",
     log:
         f"{R}/logs/gather/{{method}}/ipc{{ipc}}.log",
