@@ -1,6 +1,8 @@
 """rded: stitched images made of the best-scored real patches, deterministic from the seed,
 with one-line errors for bad recipes; and the region-wise teacher of teddy.region_labels."""
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -211,8 +213,11 @@ def test_distill_stage_writes_an_rded_set_scored_by_the_single_pool_member(tmp_p
            "pools": {"single": {"generator": "single"}}, "distill": {"ipc": [2], "methods": {"rded": recipe}}}
     save_model(tmp_path / "base.pt", stages.build(cfg, "convnet", seed=0), {"arch": "convnet"})
     set_dir = tmp_path / "distilled" / "rded" / "ipc2"
-    log = stages.distill(cfg, "rded", 2, [tmp_path / "base.pt"], set_dir / "meta.json", set_dir / "grid.png",
-                         set_dir / "log.json")
+    # a set-level method: one shard holding the whole set, then the gather
+    stages.distill(cfg, "rded", 2, 0, [tmp_path / "base.pt"], set_dir / "shards" / "0")
+    stages.gather(cfg, "rded", 2, [set_dir / "shards" / "0"], set_dir / "meta.json", set_dir / "grid.png",
+                  set_dir / "log.json")
+    log = json.loads((set_dir / "log.json").read_text())["batches"][0]
     images, labels, meta = load_set_tensors(set_dir)
     assert images.shape == (20, 1, 28, 28) and labels.tolist() == [c for c in range(10) for _ in range(2)]
     assert meta["method"] == "rded" and log["factor"] == 2 and log["patches"] == 80
