@@ -34,6 +34,13 @@ def check_config(cfg: dict) -> None:
             if members and int(recipe["pool_size"]) > len(members):
                 raise TeddyError(f"distill.methods.{name}.pool_size={recipe['pool_size']} but pool '{pool}' "
                                  f"has {len(members)} members")
+    for name, recipe in cfg["distill"]["methods"].items():
+        if recipe["method"] == "import" and not recipe.get("path"):
+            raise TeddyError(f"distill.methods.{name} is an import but names no ImageFolder (key path)")
+    topk = cfg["evaluate"].get("keep_topk")
+    num_classes = dataset_info(cfg["dataset"]).num_classes
+    if topk is not None and int(topk) > num_classes:
+        raise TeddyError(f"evaluate.keep_topk={topk} exceeds the dataset's {num_classes} classes")
     snapshots = cfg["base"].get("snapshot_epochs")
     epochs = int(cfg["base"]["recipe"]["epochs"])
     for name, pool in cfg.get("pools", {}).items():

@@ -13,13 +13,15 @@ from torchvision.utils import save_image
 
 from teddy.data import TensorImageDataset, dataset_info, denormalise, load_split
 from teddy.errors import TeddyError
-from teddy.io import (atomic_path, load_distilled, load_json, load_torch, save_distilled, save_json, save_text,
-                      save_torch)
+from teddy.distilled_set import index_within_class, quantise, write_images, write_meta
+from teddy.io import atomic_path, load_json, save_json, save_text
 from teddy.methods import DistillTask, get_method
 from teddy.models import model_from_spec
 from teddy.pool import (FreshModelPool, choose_snapshot, load_model, load_pool, manifest_row, prune_channels,
                         save_model, write_manifest)
-from teddy.relabel import precompute_soft_labels
+from teddy.label_store import LabelStore, write_label_store
+from teddy.student_data import load_student_set
+from teddy.distributed import barrier, in_launched_process, init_from_env, is_main, launch, processes_for
 from teddy.report import (accuracy_table, collect_results, published_rows, render_markdown, runtime_table,
                           with_distill_seconds)
 from teddy.train import evaluate_accuracy, recalibrate_bn, remove_checkpoint, resolve_device, train_model
@@ -54,7 +56,8 @@ def train_base(cfg: dict, model_out, metrics_out, snapshot_dir, checkpoint=None)
 
     t0 = time.perf_counter()
     history = train_model(model, train_set, recipe, device, seed=int(base.get("seed", 0)), eval_set=val_set,
-                          on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=f"base {base['arch']}")
+                          on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=f"base {base['arch']}",
+                          info=dataset_info(cfg["dataset"]))
     test_acc = evaluate_accuracy(model, test_set, device)
     metrics = {"arch": base["arch"], "test_accuracy": test_acc, "history": history,
                "train_seconds": time.perf_counter() - t0,
@@ -93,7 +96,7 @@ def pool_member(cfg: dict, pool_name: str, member: str, base_model, base_metrics
         recipe = finetune_recipe(cfg, pool_cfg)
         seed = int(cfg["base"].get("seed", 0))
         train_model(model, train_set, recipe, device, seed=seed, checkpoint_path=checkpoint,
-                    desc=f"fine-tune {pool_name}/{member}")
+                    desc=f"fine-tune {pool_name}/{member}", info=info)
         recalibrate_bn(model, train_set, device, batches_to_use=int(pool_cfg.get("recalibrate_batches", 20)),
                        batch_size=int(recipe["batch_size"]), seed=seed)
         made_from = f"base pruned at ratio {ratio:g}"
@@ -123,8 +126,9 @@ def pool_manifest(member_paths, out_csv) -> list[dict]:
 
 # 3. distillation ----------------------------------------------------------------------------
 
-def distill(cfg: dict, method_name: str, ipc: int, pool_member_paths, data_out, grid_out, log_out,
+def distill(cfg: dict, method_name: str, ipc: int, pool_member_paths, meta_out, grid_out, log_out,
             checkpoint=None) -> dict:
+    """Distil one (method, IPC) set and write it as PNGs under images/ beside `meta_out` (teddy.distilled_set)."""
     recipe = cfg["distill"]["methods"][method_name]
     info = dataset_info(cfg["dataset"])
     device = resolve_device(cfg.get("device", "auto"))
@@ -143,12 +147,15 @@ def distill(cfg: dict, method_name: str, ipc: int, pool_member_paths, data_out, 
     t0 = time.perf_counter()
     result = get_method(recipe["method"])(task)
     seconds = time.perf_counter() - t0
-    save_distilled(data_out, result.images, result.labels, info.mean, info.std, real.class_names,
-                   config={"method_name": method_name, "ipc": int(ipc), "recipe": recipe, "dataset": cfg["dataset"],
-                           "pool": [str(p) for p in pool_member_paths]})
-    with atomic_path(grid_out) as tmp:
-        save_image(denormalise(result.images, info), tmp, nrow=int(ipc) if ipc > 1 else info.num_classes,
-                   format="png")
+    set_dir = Path(meta_out).parent
+    write_images(set_dir / "images", result.images, result.labels, index_within_class(result.labels),
+                 info.mean, info.std)
+    write_meta(set_dir, method=method_name, ipc=int(ipc), class_names=real.class_names, mean=info.mean,
+               std=info.std, channels=info.channels, image_size=info.image_size,
+               config={"recipe": recipe, "dataset": cfg["dataset"], "pool": [str(p) for p in pool_member_paths]})
+    with atomic_path(grid_out) as tmp:  # the images as stored (quantised)
+        save_image(denormalise(quantise(result.images, info.mean, info.std), info), tmp,
+                   nrow=int(ipc) if ipc > 1 else info.num_classes, format="png")
     log = {"method": method_name, "ipc": int(ipc), "seconds": seconds, **result.log}
     save_json(log, log_out)
     remove_checkpoint(checkpoint)
@@ -164,43 +171,69 @@ def student_recipe(cfg: dict, num_images: int) -> dict:
     return recipe
 
 
-def relabel(cfg: dict, seed: int, distilled_path, teacher_path, out_path) -> dict:
-    """Stored soft labels (evaluate.labels: stored) for the student runs of one seed."""
-    device = resolve_device(cfg.get("device", "auto"))
-    distilled = load_distilled(distilled_path)
-    teacher, _ = load_model(teacher_path, what="teacher (base model)")
-    store = precompute_soft_labels(distilled["images"], teacher, student_recipe(cfg, len(distilled["labels"])),
-                                   int(seed), device)
-    save_torch(store, out_path)
-    return store
+def student_chunks(cfg: dict, device: torch.device) -> int:
+    """Processes x accumulation steps of a student run: CutMix/Mixup partners and stored labels
+    are drawn per chunk, so relabel and evaluate must agree on it."""
+    return processes_for(cfg, device) * int(cfg["evaluate"]["recipe"].get("accumulate", 1))
 
 
-def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, distilled_path, teacher_path,
-             out_json, checkpoint=None, soft_labels_path=None) -> dict:
+def student_set(cfg: dict, distilled_meta):
     ev = cfg["evaluate"]
+    return load_student_set(distilled_meta, float(ev.get("in_memory_max_mb", 1024)),
+                            int(ev.get("num_workers", cfg["dataset"].get("num_workers", 0))))
+
+
+def relabel(cfg: dict, seed: int, distilled_meta, teacher_path, out_meta) -> dict:
+    """Stored soft labels (evaluate.labels: stored) for the student runs of one seed: one file
+    per epoch beside `out_meta` (teddy.label_store)."""
     device = resolve_device(cfg.get("device", "auto"))
-    distilled = load_distilled(distilled_path)
-    train_set = TensorImageDataset(distilled["images"], distilled["labels"], distilled["class_names"])
-    labels = ev.get("labels", "online_kd")
+    train_set, meta = student_set(cfg, distilled_meta)
+    info = dataset_info(cfg["dataset"])
+    teacher, _ = load_model(teacher_path, what="teacher (base model)")
+    return write_label_store(out_meta, train_set, teacher, student_recipe(cfg, len(train_set)), int(seed), device,
+                             set_hash=meta["set_hash"], num_classes=info.num_classes, image_size=info.image_size,
+                             keep_topk=cfg["evaluate"].get("keep_topk"), chunks=student_chunks(cfg, device),
+                             mean=info.mean, std=info.std, num_workers=getattr(train_set, "num_workers", 0))
+
+
+def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, labels: str, distilled_meta,
+             teacher_path, out_json, checkpoint=None, label_store_meta=None) -> dict:
+    """Train a fresh student on the distilled set with `labels` (online_kd, stored or hard) and
+    test it. With more than one process (gpus_per_job / evaluate.processes) this launches
+    itself under torchrun; rank 0 writes the result."""
+    device = resolve_device(cfg.get("device", "auto"))
+    processes = processes_for(cfg, device)
+    if processes > 1 and not in_launched_process():
+        launch(processes, "teddy.stages:evaluate", cfg, method_name, ipc, arch, seed, labels, str(distilled_meta),
+               str(teacher_path), str(out_json), checkpoint and str(checkpoint),
+               label_store_meta and str(label_store_meta))
+        return load_json(out_json)
+    device = init_from_env(device)
+    info = dataset_info(cfg["dataset"])
+    train_set, meta = student_set(cfg, distilled_meta)
     teacher = store = None
+    recipe = student_recipe(cfg, len(train_set))
     if labels == "online_kd":
         teacher, _ = load_model(teacher_path, what="teacher (base model)")
     elif labels == "stored":
-        if not soft_labels_path:
-            raise TeddyError("evaluate.labels is 'stored' but no soft-label file was given (rule relabel)")
-        store = load_torch(soft_labels_path, what="soft-label store")
+        if not label_store_meta:
+            raise TeddyError("labels 'stored' (evaluate.labels) but no soft-label store was given (rule relabel)")
+        store = LabelStore(label_store_meta, set_hash=meta["set_hash"], recipe=recipe, seed=int(seed),
+                           chunks=processes * int(recipe.get("accumulate", 1)), num_images=len(train_set),
+                           num_classes=info.num_classes, keep_topk=cfg["evaluate"].get("keep_topk"))
     elif labels != "hard":
         raise TeddyError(f"unknown evaluate.labels '{labels}' (online_kd, stored or hard)")
-    recipe = student_recipe(cfg, len(train_set))
     student = build(cfg, arch, seed=int(seed))
     t0 = time.perf_counter()
     train_model(student, train_set, recipe, device, seed=int(seed), teacher=teacher, checkpoint_path=checkpoint,
-                desc=f"student {arch} {method_name} ipc{ipc} seed{seed}", soft_label_store=store)
-    acc = evaluate_accuracy(student, load_split(cfg["dataset"], "test"), device)
+                desc=f"student {arch} {method_name} ipc{ipc} {labels} seed{seed}", label_store=store, info=info)
     result = {"method": method_name, "ipc": int(ipc), "arch": arch, "seed": int(seed), "labels": labels,
-              "test_accuracy": acc, "train_seconds": time.perf_counter() - t0}
-    save_json(result, out_json)
-    remove_checkpoint(checkpoint)
+              "processes": processes, "train_seconds": time.perf_counter() - t0}
+    if is_main():
+        result["test_accuracy"] = evaluate_accuracy(student, load_split(cfg["dataset"], "test"), device)
+        save_json(result, out_json)
+        remove_checkpoint(checkpoint)
+    barrier()
     return result
 
 

@@ -1,6 +1,6 @@
 # Stage 6: the paper's table (method x IPC x student) and every stage's runtime.
-EVAL_JSONS = expand(f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/seed{{seed}}.json",
-                    method=METHOD_NAMES, ipc=IPCS, arch=STUDENTS, seed=SEEDS)
+EVAL_JSONS = expand(f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.json",
+                    method=METHOD_NAMES, ipc=IPCS, arch=STUDENTS, labels=LABELS, seed=SEEDS)
 
 
 rule aggregate:

@@ -3,7 +3,8 @@ rule distill:
     input:
         pool=distill_pool_inputs,
     output:
-        data=f"{R}/distilled/{{method}}/ipc{{ipc}}/data.pt",
+        images=directory(f"{R}/distilled/{{method}}/ipc{{ipc}}/images"),
+        meta=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
         grid=f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png",
         log_json=f"{R}/distilled/{{method}}/ipc{{ipc}}/log.json",
     params:
@@ -14,6 +15,6 @@ rule distill:
         f"{R}/benchmarks/distill/{{method}}/ipc{{ipc}}.tsv"
     threads: threads_for("distill")
     resources:
-        gpu=GPUS,
+        **job_resources("distill"),
     script:
         "../scripts/distill.py"

@@ -13,7 +13,7 @@ rule pool_member:
         f"{R}/benchmarks/pool_member/{{pool}}/{{member}}.tsv"
     threads: threads_for("pool_member")
     resources:
-        gpu=GPUS,
+        **job_resources("pool_member"),
     script:
         "../scripts/pool_member.py"
 
