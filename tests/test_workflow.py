@@ -63,13 +63,15 @@ def test_tiny_pipeline_end_to_end(tmp_path):
 
     for method in ("teddy", "random"):
         for ipc in (1, 2):
-            d = torch.load(R / f"distilled/{method}/ipc{ipc}/data.pt", weights_only=False)
-            assert d["images"].shape == (10 * ipc, 1, 28, 28)
-            assert sorted(d["labels"].tolist()) == sorted(list(range(10)) * ipc)
-            assert len(d["mean"]) == 1 and len(d["class_names"]) == 10
-            assert d["config"]["recipe"]["method"] == method
+            meta = json.loads((R / f"distilled/{method}/ipc{ipc}/meta.json").read_text())
+            assert meta["counts"] == [ipc] * 10 and meta["channels"] == 1 and meta["image_size"] == 28
+            assert len(meta["mean"]) == 1 and len(meta["class_names"]) == 10
+            assert meta["config"]["recipe"]["method"] == method
+            assert len(list((R / f"distilled/{method}/ipc{ipc}/images").rglob("*.png"))) == 10 * ipc
             assert (R / f"distilled/{method}/ipc{ipc}/grid.png").read_bytes()[:4] == b"\x89PNG"
 
+    result = json.loads((R / "eval/teddy/ipc2/convnet/online_kd/seed1.json").read_text())
+    assert result["labels"] == "online_kd" and 0 <= result["test_accuracy"] <= 1
     table = pd.read_csv(R / "tables/accuracy.csv")
     assert len(table) == 2 * 2 * 2  # method x ipc x arch
     assert (table["seeds"] == 2).all() and table["mean"].between(0, 100).all()
@@ -114,6 +116,21 @@ def test_missing_dataset_fails_the_job_with_one_line(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "error in rule train_base: dataset file missing" in out and "dataset.root" in out
+
+
+def test_label_protocols_are_a_wildcard(tmp_path):
+    data = write_fashion_mnist(tmp_path / "data", n_train=30, n_test=10)
+    cfg = tiny_config(data)
+    cfg["evaluate"]["labels"] = ["online_kd", "stored", "hard"]
+    proc = snakemake(write_workdir(tmp_path / "w", cfg), "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for labels in ("online_kd", "stored", "hard"):
+        assert f"eval/teddy/ipc1/convnet/{labels}/seed0.json" in out
+    assert "distilled/teddy/ipc1/soft_labels/seed0/meta.json" in out  # rule relabel, for stored only
+    cfg["evaluate"]["keep_topk"] = 11
+    proc = snakemake(write_workdir(tmp_path / "w2", cfg), "-n")
+    assert proc.returncode != 0 and "evaluate.keep_topk=11 exceeds" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("config_file", sorted(p.name for p in (REPO / "config").glob("*.yaml")))

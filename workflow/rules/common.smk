@@ -39,8 +39,8 @@ def threads_for(rule_name, default=1):
 
 # Cluster resources per job, from the config (formulas documented in teddy/resources.py): memory
 # and runtime grow with the set (IPC x classes), the architecture's throughput and the retry
-# `attempt`; cpus_per_task = threads + DataLoader workers; GPUs = gpus_per_job.
-def job_resources(rule_name):
+# `attempt`; cpus_per_task = the rule's configured threads + DataLoader workers; GPUs = gpus_per_job.
+def job_resources(rule_name, default_threads=1):
     def ipc_of(wc):
         return int(getattr(wc, "ipc", 1))
 
@@ -48,7 +48,7 @@ def job_resources(rule_name):
         gpu=res.gpus(config, rule_name),
         mem_mb=lambda wc, attempt: res.mem_mb(config, rule_name, ipc_of(wc), attempt),
         runtime=lambda wc, attempt: res.runtime_min(config, rule_name, ipc_of(wc), getattr(wc, "arch", None), attempt),
-        cpus_per_task=lambda wc, threads: res.cpus(config, rule_name, threads),
+        cpus_per_task=res.cpus(config, rule_name, threads_for(rule_name, default_threads)),
     )
 
 
