@@ -72,3 +72,15 @@ def test_accumulation_equals_one_big_batch():
     train_model(accumulated, _data(), {**RECIPE, "accumulate": 2}, CPU, seed=3, teacher=teacher)
     for name, value in one.state_dict().items():
         assert torch.allclose(accumulated.state_dict()[name], value, atol=ATOL), name
+
+
+def test_more_gpus_than_visible_is_one_line(monkeypatch):
+    from teddy.distributed import processes_for
+    from teddy.errors import TeddyError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = {"gpus_per_job": 4, "evaluate": {}}
+    with pytest.raises(TeddyError, match="4 processes asked .*gpus_per_job.* 1 GPUs are visible"):
+        processes_for(cfg, torch.device("cuda"))
+    assert processes_for(cfg, CPU) == 1  # a CPU run uses one process unless evaluate.processes says more
+    assert processes_for({"gpus_per_job": 0, "evaluate": {"processes": 2}}, CPU) == 2
