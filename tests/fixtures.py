@@ -80,3 +80,13 @@ def write_image_folder(root: Path, classes=("n01443537", "n01629819", "n01641577
     if words:
         (root / "words.txt").write_text("".join(f"{w}\tthing {i}, other\n" for i, w in enumerate(classes)))
     return root
+
+
+def write_png_set(set_dir: Path, images, labels, mean, std, class_names, ipc: int, method: str = "fixture") -> Path:
+    """A distilled set in the on-disk format (teddy.distilled_set); returns its meta.json."""
+    from teddy.distilled_set import index_within_class, write_images, write_meta
+
+    write_images(Path(set_dir) / "images", images, labels, index_within_class(labels), mean, std)
+    write_meta(set_dir, method=method, ipc=ipc, class_names=class_names, mean=mean, std=std,
+               channels=images.shape[1], image_size=images.shape[-1], config={})
+    return Path(set_dir) / "meta.json"

@@ -207,7 +207,7 @@ def test_fresh_pool_trains_new_models_reproducibly(trained_base):
 def test_fresh_pool_distills_without_member_files(trained_base):
     cfg = trained_base[0]
     out = Path(cfg["results_dir"]) / "distilled" / "teddy_fresh" / "ipc1"
-    log = stages.distill(cfg, "teddy_fresh", 1, [], out / "data.pt", out / "grid.png", out / "log.json")
+    log = stages.distill(cfg, "teddy_fresh", 1, [], out / "meta.json", out / "grid.png", out / "log.json")
     assert log["seconds"] > 0 and log["iterations"] == 3
     assert member_names(cfg["pools"]["fresh"]) == []
 

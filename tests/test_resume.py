@@ -18,7 +18,8 @@ import torch
 
 from fixtures import write_fashion_mnist
 from teddy.data import dataset_info, load_split
-from teddy.io import load_torch, save_distilled
+from teddy.distilled_set import index_within_class, load_set_tensors, write_images, write_meta
+from teddy.io import load_torch
 from teddy.methods.base import DistillTask, optimise_synthetic, select_real
 from teddy.methods.teddy import statistics_loss_fn
 from teddy.models import build_model
@@ -36,23 +37,24 @@ import json, sys, torch
 torch.set_num_threads(1)
 from teddy import stages
 a = json.load(open(sys.argv[1]))
-stages.distill(a["cfg"], "teddy", 2, a["members"], a["out"] + "/data.pt", a["out"] + "/grid.png",
+stages.distill(a["cfg"], "teddy", 2, a["members"], a["out"] + "/meta.json", a["out"] + "/grid.png",
                a["out"] + "/log.json", a["out"] + "/distill.ckpt")
 """
 STUDENT_JOB = """
 import json, sys, torch
 torch.set_num_threads(1)
 from teddy.data import TensorImageDataset
-from teddy.io import load_distilled, save_torch
+from teddy.distilled_set import load_set_tensors
+from teddy.io import save_torch
 from teddy.models import build_model
 from teddy.pool import load_model
 from teddy.train import remove_checkpoint, train_model
 a = json.load(open(sys.argv[1]))
-d = load_distilled(a["distilled"])
+images, labels, meta = load_set_tensors(a["distilled"])
 teacher, _ = load_model(a["teacher"])
 torch.manual_seed(1)
 student = build_model("convnet", num_classes=10, in_channels=1, image_size=28, depth=2, width=8)
-history = train_model(student, TensorImageDataset(d["images"], d["labels"], d["class_names"]), a["recipe"],
+history = train_model(student, TensorImageDataset(images, labels, meta["class_names"]), a["recipe"],
                       torch.device("cpu"), seed=1, teacher=teacher, checkpoint_path=a["out"] + "/student.ckpt")
 save_torch({"model": student.state_dict(), "history": history}, a["out"] + "/student.pt")
 remove_checkpoint(a["out"] + "/student.ckpt")
@@ -76,8 +78,11 @@ def fixture_dir(tmp_path_factory):
         model = small_convnet(i)
         recalibrate_bn(model, real, CPU, batches_to_use=2, batch_size=50)
         save_model(root / f"member{i}.pt", model, {"member": i})
-    save_distilled(root / "distilled.pt", real.images[:20], real.targets[:20], INFO.mean, INFO.std,
-                   real.class_names, config={})
+    labels = torch.arange(20) % 10  # two images per class
+    write_images(root / "distilled" / "images", real.images[:20], labels, index_within_class(labels),
+                 INFO.mean, INFO.std)
+    write_meta(root / "distilled", method="fixture", ipc=2, class_names=real.class_names, mean=INFO.mean,
+               std=INFO.std, channels=1, image_size=28, config={})
     return root, section
 
 
@@ -117,12 +122,13 @@ def test_killed_distillation_resumes_to_identical_images(fixture_dir, tmp_path):
     finish(start(DISTILL_JOB, {**args, "out": str(tmp_path / "whole")}, tmp_path / "whole"))
     cut = tmp_path / "cut"
     kill_once_checkpointed(start(DISTILL_JOB, {**args, "out": str(cut)}, cut), cut / "distill.ckpt")
-    assert not (cut / "data.pt").exists()
+    assert not (cut / "meta.json").exists()
     out = finish(start(DISTILL_JOB, {**args, "out": str(cut)}, cut))
     assert "resuming teddy-statistics ipc2 from" in out
 
-    whole, resumed = load_torch(tmp_path / "whole" / "data.pt"), load_torch(cut / "data.pt")
-    assert torch.equal(whole["images"], resumed["images"]) and torch.equal(whole["labels"], resumed["labels"])
+    whole, resumed = load_set_tensors(tmp_path / "whole" / "meta.json"), load_set_tensors(cut / "meta.json")
+    assert torch.equal(whole[0], resumed[0]) and torch.equal(whole[1], resumed[1])
+    assert whole[2]["set_hash"] == resumed[2]["set_hash"]
     logs = [json.loads((d / "log.json").read_text()) for d in (tmp_path / "whole", cut)]
     assert logs[0]["history"] == logs[1]["history"]
     assert not (cut / "distill.ckpt").exists() and not (cut / "distill.ckpt.prev").exists()
@@ -132,7 +138,7 @@ def test_killed_student_training_resumes_to_identical_weights(fixture_dir, tmp_p
     root, _ = fixture_dir
     recipe = {"epochs": 600, "batch_size": 20, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.01,
               "temperature": 4.0, "checkpoint_every": 10, "augment": {"crop": False, "flip": True, "max_shift": 2}}
-    args = {"distilled": str(root / "distilled.pt"), "teacher": str(root / "member0.pt"), "recipe": recipe}
+    args = {"distilled": str(root / "distilled" / "meta.json"), "teacher": str(root / "member0.pt"), "recipe": recipe}
 
     finish(start(STUDENT_JOB, {**args, "out": str(tmp_path / "whole")}, tmp_path / "whole"))
     cut = tmp_path / "cut"
@@ -268,27 +274,27 @@ def test_second_run_is_locked_out_and_rerun_incomplete_resumes(tmp_path):
         return subprocess.run(sm + list(args), capture_output=True, text=True, timeout=300)
 
     # 1. a second run on the same results directory is refused while the first runs; the first ends well
-    first = background("results/tiny/distilled/teddy/ipc1/data.pt")
+    first = background("results/tiny/distilled/teddy/ipc1/meta.json")
     wait_for(lambda: locked(work), first, "Snakemake lock")
-    second = run("results/tiny/distilled/teddy/ipc1/data.pt")
+    second = run("results/tiny/distilled/teddy/ipc1/meta.json")
     assert second.returncode != 0 and "cannot be locked" in second.stdout + second.stderr
     out, _ = first.communicate(timeout=300)
     assert first.returncode == 0, out[-3000:]
-    assert torch.load(R / "distilled/teddy/ipc1/data.pt", weights_only=False)["images"].shape == (10, 1, 28, 28)
+    assert load_set_tensors(R / "distilled/teddy/ipc1/meta.json")[0].shape == (10, 1, 28, 28)
     assert not list(R.rglob("*.tmp")) and not list(R.rglob("*.ckpt*"))
 
     # 2. kill the whole run (as a lost node or an expired allocation would) during a distillation
     ckpt = R / "distilled/teddy/ipc2/distill.ckpt"
-    killed = background("results/tiny/distilled/teddy/ipc2/data.pt")
+    killed = background("results/tiny/distilled/teddy/ipc2/meta.json")
     wait_for(ckpt.exists, killed, "distillation checkpoint")
     os.killpg(killed.pid, signal.SIGKILL)
     killed.communicate(timeout=60)
-    assert not (R / "distilled/teddy/ipc2/data.pt").exists()
-    stale = run("results/tiny/distilled/teddy/ipc2/data.pt")  # the killed run's lock is still there
+    assert not (R / "distilled/teddy/ipc2/meta.json").exists()
+    stale = run("results/tiny/distilled/teddy/ipc2/meta.json")  # the killed run's lock is still there
     assert stale.returncode != 0 and "cannot be locked" in stale.stdout + stale.stderr
     assert run("--unlock").returncode == 0
-    again = run("--rerun-incomplete", "results/tiny/distilled/teddy/ipc2/data.pt")
+    again = run("--rerun-incomplete", "results/tiny/distilled/teddy/ipc2/meta.json")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     log = (R / "logs/distill/teddy/ipc2.log").read_text()
     assert "resuming teddy-statistics ipc2 from" in log, log[-2000:]
-    assert (R / "distilled/teddy/ipc2/data.pt").exists() and not ckpt.exists()
+    assert (R / "distilled/teddy/ipc2/meta.json").exists() and not ckpt.exists()

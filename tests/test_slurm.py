@@ -141,7 +141,7 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_env, tiny_run):
     write_workdir(work, cfg)
     R = work / "results" / "tiny"
     ckpt = R / "distilled/teddy/ipc2/distill.ckpt"
-    run = subprocess.Popen(snakemake_on_slurm(work, "results/tiny/distilled/teddy/ipc2/data.pt"), cwd=work,
+    run = subprocess.Popen(snakemake_on_slurm(work, "results/tiny/distilled/teddy/ipc2/meta.json"), cwd=work,
                            env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -168,4 +168,4 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_env, tiny_run):
     assert "Restarts=1" in scontrol(slurm_env, "show", "job", jobid)
     log = (R / "logs/distill/teddy/ipc2.log").read_text()
     assert "resuming teddy-statistics ipc2 from" in log, log[-2000:]
-    assert (R / "distilled/teddy/ipc2/data.pt").exists() and not ckpt.exists()
+    assert (R / "distilled/teddy/ipc2/meta.json").exists() and not ckpt.exists()

@@ -1,7 +1,9 @@
 """The real Snakemake DAG, run as a subprocess (as a user would) on a tiny IDX fixture."""
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,10 @@ import pytest
 import torch
 import yaml
 
+from torchvision.datasets import ImageFolder
+
 from fixtures import write_fashion_mnist
+from teddy.distilled_set import load_set_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -39,19 +44,30 @@ def write_workdir(tmp_path: Path, cfg: dict) -> Path:
     return tmp_path
 
 
-def snakemake(workdir: Path, *args, timeout=600):
+def snakemake(workdir: Path, *args, timeout=600, umask: int | None = None):
     cmd = SNAKEMAKE + ["--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
+def assert_modes_follow_umask(root: Path, umask: int) -> None:
+    """Every file a run wrote has the mode open() gives under `umask`, every folder mkdir's."""
+    wrong = [(str(p.relative_to(root)), oct(stat.S_IMODE(p.stat().st_mode))) for p in root.rglob("*")
+             if stat.S_IMODE(p.stat().st_mode) != (0o777 if p.is_dir() else 0o666) & ~umask]
+    assert not wrong, f"modes other than umask {umask:03o} gives: {wrong[:10]}"
+
+
+# umask 002 (a group-shared results folder): every output must come out group-writable, 0664;
+# the 022 case is checked on a shorter run in test_outputs_honour_umask_022
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end(tmp_path):
     data = write_fashion_mnist(tmp_path / "data", n_train=200, n_test=60)
     cfg = tiny_config(data)
     work = write_workdir(tmp_path / "work", cfg)
-    proc = snakemake(work, "--cores", "2")
+    proc = snakemake(work, "--cores", "2", umask=0o002)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     R = work / "results" / "tiny"
+    assert_modes_follow_umask(R, 0o002)
 
     base = json.loads((R / "base/convnet/metrics.json").read_text())
     assert 0 <= base["test_accuracy"] <= 1 and len(base["history"]) == 3
@@ -63,11 +79,14 @@ def test_tiny_pipeline_end_to_end(tmp_path):
 
     for method in ("teddy", "random"):
         for ipc in (1, 2):
-            meta = json.loads((R / f"distilled/{method}/ipc{ipc}/meta.json").read_text())
-            assert meta["counts"] == [ipc] * 10 and meta["channels"] == 1 and meta["image_size"] == 28
+            images, labels, meta = load_set_tensors(R / f"distilled/{method}/ipc{ipc}/meta.json")
+            assert images.shape == (10 * ipc, 1, 28, 28)
+            assert sorted(labels.tolist()) == sorted(list(range(10)) * ipc)
             assert len(meta["mean"]) == 1 and len(meta["class_names"]) == 10
             assert meta["config"]["recipe"]["method"] == method
-            assert len(list((R / f"distilled/{method}/ipc{ipc}/images").rglob("*.png"))) == 10 * ipc
+            # the set reads as an ordinary ImageFolder, classes in index order
+            folder = ImageFolder(str(R / f"distilled/{method}/ipc{ipc}/images"))
+            assert len(folder) == 10 * ipc and folder.classes == meta["class_folders"]
             assert (R / f"distilled/{method}/ipc{ipc}/grid.png").read_bytes()[:4] == b"\x89PNG"
 
     result = json.loads((R / "eval/teddy/ipc2/convnet/online_kd/seed1.json").read_text())
@@ -85,6 +104,21 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     # a second run has nothing to do
     again = snakemake(work, "--cores", "2", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_outputs_honour_umask_022(tmp_path):
+    data = write_fashion_mnist(tmp_path / "data", n_train=100, n_test=20)
+    cfg = tiny_config(data)
+    cfg["distill"]["ipc"] = [1]
+    cfg["evaluate"]["students"], cfg["evaluate"]["seeds"] = ["convnet"], [0]
+    cfg["evaluate"]["recipe"]["epochs"] = 1
+    work = write_workdir(tmp_path / "work", cfg)
+    proc = snakemake(work, "--cores", "2", umask=0o022)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    R = work / "results" / "tiny"
+    assert (R / "tables/accuracy.md").stat().st_mode & 0o777 == 0o644
+    assert_modes_follow_umask(R, 0o022)
 
 
 def test_bad_config_key_is_one_clear_line(tmp_path):

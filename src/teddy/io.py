@@ -1,4 +1,4 @@
-"""Atomic writes, checkpoints and the distilled-set file format."""
+"""Atomic writes, JSON and torch files with one-line errors (the distilled set: teddy.distilled_set)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,17 @@ import torch
 
 from teddy.errors import TeddyError
 
-DISTILLED_FORMAT_VERSION = 1
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -21,7 +31,8 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     An interrupted job therefore never leaves a half-written output that Snakemake would
-    take as complete.
+    take as complete (only a hidden `.<name>.*.tmp` file, removed when the block fails). The file
+    ends with the mode an ordinary `open()` gives under the current umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +40,9 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private (0600); give it the mode open() would have given it,
+        # so a group-shared results folder stays readable by the group and by web servers
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -69,32 +83,3 @@ def load_json(path: str | os.PathLike) -> Any:
 def save_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-# --- distilled set -------------------------------------------------------------------
-
-def save_distilled(path, images: torch.Tensor, labels: torch.Tensor, mean, std, class_names,
-                   config: dict, extra: dict | None = None) -> None:
-    """Write a distilled set; the format is documented in README ("Distilled-set format")."""
-    if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"bad distilled set shapes: images {tuple(images.shape)}, labels {tuple(labels.shape)}")
-    payload = {
-        "format_version": DISTILLED_FORMAT_VERSION,
-        "images": images.detach().cpu().float().contiguous(),
-        "labels": labels.detach().cpu().long().contiguous(),
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
-        "class_names": list(class_names),
-        "config": config,
-    }
-    if extra:
-        payload.update(extra)
-    save_torch(payload, path)
-
-
-def load_distilled(path) -> dict:
-    payload = load_torch(path, what="distilled set")
-    missing = {"images", "labels", "mean", "std", "class_names"} - set(payload)
-    if missing:
-        raise TeddyError(f"distilled set {path} lacks keys {sorted(missing)}")
-    return payload

@@ -1,4 +1,5 @@
-# Stage 3: one distillation job per (method, IPC).
+# Stage 3: one distillation job per (method, IPC); the set is an ImageFolder of PNGs plus
+# meta.json (teddy.distilled_set).
 rule distill:
     input:
         pool=distill_pool_inputs,
