@@ -82,3 +82,26 @@ def test_streamed_png_set_gives_the_same_batches_as_in_memory(tmp_path):
     (a,) = StudentData(memory, 12, CPU).epoch(plan)
     (b,) = StudentData(streamed, 12, CPU, mean=meta["mean"], std=meta["std"]).epoch(plan)
     assert a.x.shape == b.x.shape and (a.x - b.x).abs().mean() < 0.3
+
+
+def test_base_training_crops_folder_images_at_full_resolution(tmp_path):
+    from fixtures import write_image_folder
+
+    from teddy.data import dataset_info, load_split
+    from teddy.models import build_model
+    from teddy.train import train_model
+
+    root = write_image_folder(tmp_path / "tiny", per_class=4, size=96)  # larger than the 64-px training size
+    cfg = {"name": "tiny_imagenet", "root": str(root), "val_fraction": 0.0, "num_workers": 1}
+    train = load_split(cfg, "train")
+    info = dataset_info(cfg)
+    plan = plan_epoch(len(train), 6, 64, {"crop": True, "crop_scale": [0.1, 0.2], "flip": False},
+                      torch.Generator().manual_seed(0))
+    first = next(StudentData(train, 64, CPU, mean=info.mean, std=info.std, num_workers=1).epoch(plan))
+    assert first.x.shape == (6, 3, 64, 64)
+    whole = torch.stack([train[int(i)][0] for i in plan["order"][:6]])  # the resized, uncropped images
+    assert not torch.allclose(first.x, whole, atol=0.1)
+    history = train_model(build_model("convnet", 3, 3, 64, depth=1, width=4), train,
+                          {"epochs": 1, "batch_size": 6, "lr": 0.01, "augment": {"crop": True, "flip": True}},
+                          CPU, info=info)
+    assert len(history) == 1 and history[0]["loss"] > 0
