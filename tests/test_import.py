@@ -66,3 +66,14 @@ def test_bad_imports_and_bad_sets_are_one_line(tmp_path, fmnist_root):
     with pytest.raises(TeddyError, match="class folder 0003 is missing"):
         stages.evaluate(cfg, "peer", 2, "convnet", 0, "hard", set_dir / "meta.json", None, out)
     assert not out.exists()  # nothing half-written
+
+
+def test_evaluate_with_two_processes_launches_torchrun(tmp_path, fmnist_root):
+    cfg = _cfg(tmp_path, fmnist_root, write_peer_set(tmp_path / "peer"))
+    set_dir = _distill(cfg, tmp_path)
+    cfg["evaluate"]["processes"] = 2  # gloo on CPU; gpus_per_job > 1 does the same with NCCL
+    cfg["evaluate"]["recipe"]["batch_size"] = 8
+    out = tmp_path / "results/eval/peer/ipc2/convnet/hard/seed0.json"
+    result = stages.evaluate(cfg, "peer", 2, "convnet", 0, "hard", set_dir / "meta.json", None, out)
+    assert result["processes"] == 2 and 0 <= result["test_accuracy"] <= 1
+    assert json.loads(out.read_text()) == result
