@@ -82,6 +82,15 @@ def processes_for(cfg: dict, device: torch.device) -> int:
     return max(1, processes)
 
 
+def _fd(stream):
+    """The stream's file descriptor (the stage's log file), so the processes log there too."""
+    try:
+        stream.flush()
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def launch(processes: int, target: str, *args, **kwargs) -> None:
     """Run `target` ("module:function") in `processes` torchrun processes and wait."""
     with tempfile.TemporaryDirectory(prefix="teddy-ddp-") as tmp:
@@ -89,7 +98,7 @@ def launch(processes: int, target: str, *args, **kwargs) -> None:
         torch.save({"target": target, "args": args, "kwargs": kwargs}, call)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "--module", "teddy.distributed", str(call)]
-        proc = subprocess.run(cmd)
+        proc = subprocess.run(cmd, stdout=_fd(sys.stdout), stderr=_fd(sys.stderr))
     if proc.returncode != 0:
         raise TeddyError(f"{target} failed in one of its {processes} processes (exit {proc.returncode}); "
                          f"see the log above")
