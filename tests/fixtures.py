@@ -82,6 +82,24 @@ def write_image_folder(root: Path, classes=("n01443537", "n01629819", "n01641577
     return root
 
 
+def write_class_folders(root: Path, classes, per_class=3, size=20, channels=3, test_split="val",
+                        per_class_test=2, ext="png") -> Path:
+    """A generic ImageFolder tree (train/ and val/ or test/, one folder per class) of small
+    lossless images whose class is visible (class_patterns)."""
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+    for split, n in (("train", per_class), (test_split, per_class_test)):
+        for k, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            images, _ = class_patterns(n, len(classes), size, channels, seed=k + (0 if split == "train" else 100))
+            for j in range(n):
+                pixels = images[j, 0] if channels == 1 else images[j].transpose(1, 2, 0)
+                Image.fromarray(pixels, mode).save(d / f"{name}_{j}.{ext}")
+    return root
+
+
 def write_png_set(set_dir: Path, images, labels, mean, std, class_names, ipc: int, method: str = "fixture") -> Path:
     """A distilled set in the on-disk format (teddy.distilled_set); returns its meta.json."""
     from teddy.distilled_set import index_within_class, write_images, write_meta

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from teddy.errors import TeddyError
-from teddy.models import MODELS, bn_layers, build_model, count_parameters
+from teddy.models import MODELS, bn_layers, build_model, count_parameters, min_image_size
 
 
 @pytest.mark.parametrize("name,channels,size", [
@@ -41,3 +41,22 @@ def test_unknown_architecture_is_one_clear_error():
     with pytest.raises(TeddyError, match="bad options for architecture 'convnet'"):
         build_model("convnet", 10, 1, 28, depht=3)
     assert {"convnet", "resnet18_small", "resnet18", "resnet50", "resnet101", "mobilenet_v2"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("name,channels,size,options", [
+    ("convnet", 3, 20, {"depth": 3, "width": 8}), ("convnet", 1, 37, {"depth": 5, "width": 8}),
+    ("resnet10_w16", 3, 20, {}), ("resnet18_small", 1, 13, {}), ("resnet18", 1, 40, {}),
+    ("mobilenet_v2", 3, 33, {}),
+])
+def test_models_follow_any_image_size_and_channels(name, channels, size, options):
+    model = build_model(name, num_classes=7, in_channels=channels, image_size=size, **options).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, channels, size, size)).shape == (2, 7)
+
+
+def test_too_small_images_are_refused_with_the_size_needed():
+    with pytest.raises(TeddyError, match=r"'convnet' with options \{'depth': 5\} needs .* at least 32x32.* is 20"):
+        build_model("convnet", 10, 3, 20, depth=5)
+    with pytest.raises(TeddyError, match="'resnet50' needs images of at least 32x32"):
+        build_model("resnet50", 10, 3, 28)
+    assert min_image_size("convnet", depth=3) == 8 and min_image_size("resnet10_w16") == 8

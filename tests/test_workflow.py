@@ -15,7 +15,7 @@ import yaml
 
 from torchvision.datasets import ImageFolder
 
-from fixtures import write_fashion_mnist
+from fixtures import write_class_folders, write_fashion_mnist
 from teddy.distilled_set import load_set_tensors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,3 +173,59 @@ def test_every_config_dry_runs(config_file, tmp_path):
     shutil.copytree(REPO / "config", work / "config")
     proc = snakemake(work, "-n", "--configfile", str(work / "config" / config_file))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("channels", [3, 1])
+def test_whole_dag_on_a_generated_image_folder(tmp_path, channels):
+    """Your own data: 7 classes of 20x20 images (an odd size), RGB or greyscale, mean/std computed
+    by rule normalisation. One seed; the greyscale run is cut to one student and one IPC too."""
+    classes = [f"class_{k}" for k in range(7)]
+    data = write_class_folders(tmp_path / "data", classes, per_class=6, size=20, channels=channels)
+    cfg = tiny_config(data)
+    cfg["dataset"] = {"name": "image_folder", "root": str(data), "image_size": 20, "channels": channels,
+                      "val_fraction": 0.1}
+    cfg["results_dir"] = "results/mine"
+    cfg["base"]["recipe"]["batch_size"] = 16
+    cfg["evaluate"]["seeds"] = [0]
+    if channels == 1:
+        cfg["distill"]["ipc"] = [1]
+        cfg["evaluate"].update(students=["convnet"], seeds=[0])
+    work = write_workdir(tmp_path / "work", cfg)
+    proc = snakemake(work, "--cores", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    R = work / "results" / "mine"
+
+    stats = json.loads((R / "data/normalisation.json").read_text())
+    assert len(stats["mean"]) == len(stats["std"]) == channels and stats["classes"] == classes
+    assert stats["train_counts"] == {c: 6 for c in classes}
+    images, labels, meta = load_set_tensors(R / "distilled/teddy/ipc1/meta.json")
+    assert images.shape == (7, channels, 20, 20) and meta["mean"] == pytest.approx(stats["mean"])
+    assert meta["class_names"] == classes and sorted(labels.tolist()) == list(range(7))
+    table = pd.read_csv(R / "tables/accuracy.csv")
+    ipcs, students = cfg["distill"]["ipc"], cfg["evaluate"]["students"]
+    assert len(table) == 2 * len(ipcs) * len(students) and table["mean"].between(0, 100).all()
+    assert (table["seeds"] == 1).all()
+    assert not list(R.rglob("*.tmp"))
+
+
+def test_bad_image_folder_configs_stop_at_load(tmp_path):
+    data = write_class_folders(tmp_path / "data", ["a", "b"], per_class=2, size=20)
+    cfg = tiny_config(data)
+    cfg["dataset"] = {"name": "image_folder", "root": str(data), "image_size": 20, "channels": 3}
+    proc = snakemake(write_workdir(tmp_path / "w1", cfg), "-n")  # IPC 2 fits, IPC 5 does not
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    cfg["distill"]["ipc"] = [1, 5]
+    proc = snakemake(write_workdir(tmp_path / "w2", cfg), "-n")
+    assert proc.returncode != 0 and "class 'a' has 2 training images, fewer than the IPC 5" in proc.stdout + proc.stderr
+
+    cfg = tiny_config(data)
+    cfg["dataset"] = {"name": "image_folder", "root": str(data), "image_size": 20, "channels": 3,
+                      "classes": ["a", "n01440764"]}
+    proc = snakemake(write_workdir(tmp_path / "w3", cfg), "-n")
+    assert proc.returncode != 0 and "['n01440764'] missing from" in proc.stdout + proc.stderr
+
+    cfg = tiny_config(data)
+    cfg["dataset"] = {"name": "image_folder", "root": str(data), "image_size": 6, "channels": 3}
+    proc = snakemake(write_workdir(tmp_path / "w4", cfg), "-n")
+    assert proc.returncode != 0 and "needs images of at least" in proc.stdout + proc.stderr

@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from teddy.data import dataset_info
 from teddy.errors import TeddyError
+from teddy.image_folder import check_tree, is_folder_dataset, setting
 from teddy.methods import METHODS
-from teddy.models import MODELS
+from teddy.models import MODELS, check_image_size
 from teddy.pool import member_names
+
+
+def check_dataset(cfg: dict) -> int:
+    """The dataset section; returns the image size. For class-folder datasets the tree is checked
+    too (classes present, none empty, none below the largest IPC) when dataset.root exists here:
+    on a login node without the data, the jobs check it when they run."""
+    dataset = cfg["dataset"]
+    if not is_folder_dataset(dataset):
+        return dataset_info(dataset).image_size
+    for key in ("image_size", "channels"):
+        if setting(dataset, key) is None:
+            raise TeddyError(f"dataset.{key} is required for dataset.name: {dataset['name']}")
+    channels = int(setting(dataset, "channels"))
+    for key in ("mean", "std"):
+        values = setting(dataset, key)
+        if values is not None and len(values) != channels:
+            raise TeddyError(f"dataset.{key} has {len(values)} values but dataset.channels is {channels}")
+    if ("mean" in dataset) != ("std" in dataset):
+        raise TeddyError("give both dataset.mean and dataset.std, or neither (then they are computed)")
+    if Path(dataset["root"]).is_dir():
+        check_tree(dataset, min_per_class=max(int(i) for i in cfg["distill"]["ipc"]))
+    return int(setting(dataset, "image_size"))
 
 
 def check_config(cfg: dict) -> None:
     """Raise TeddyError naming the offending key; called when the workflow loads."""
-    dataset_info(cfg["dataset"])
+    image_size = check_dataset(cfg)
     archs = [cfg["base"]["arch"]] + list(cfg["evaluate"]["students"])
     for arch in archs:
         if arch not in MODELS:
             raise TeddyError(f"unknown architecture '{arch}' (config keys base.arch / evaluate.students); "
                              f"registered: {sorted(MODELS)}")
+        check_image_size(arch, image_size, **(cfg.get("arch_options") or {}).get(arch, {}))
     for name, pool in cfg.get("pools", {}).items():
         member_names(pool)
     for ipc in cfg["distill"]["ipc"]:

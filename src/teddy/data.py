@@ -24,6 +24,7 @@ from teddy.errors import TeddyError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -39,6 +40,7 @@ class DatasetInfo:
 
 
 DATASETS = {
+    "mnist": DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,)),
     "fashion_mnist": DatasetInfo("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,)),
     "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -48,10 +50,17 @@ DATASETS = {
 
 
 def dataset_info(dataset: str | dict) -> DatasetInfo:
-    """The dataset's fixed facts, from its config section (`cfg["dataset"]`) or its name."""
+    """The dataset's facts, from its config section (`cfg["dataset"]`) or its name. Class-folder
+    datasets (image_folder, the ImageNet subsets) take theirs from the config, the folders and
+    the cached normalisation file (teddy.image_folder)."""
+    from teddy.image_folder import FOLDER_DATASETS, folder_info
+
     name = dataset["name"] if isinstance(dataset, dict) else dataset
+    if name in FOLDER_DATASETS and isinstance(dataset, dict):
+        return folder_info(dataset)
     if name not in DATASETS:
-        raise TeddyError(f"unknown dataset '{name}' (config key dataset.name); known: {sorted(DATASETS)}")
+        raise TeddyError(f"unknown dataset '{name}' (config key dataset.name); known: "
+                         f"{sorted(DATASETS) + list(FOLDER_DATASETS)}")
     return DATASETS[name]
 
 
@@ -101,7 +110,7 @@ def _normalise(images_uint8: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     return (x - mean) / std
 
 
-# Fashion-MNIST: IDX files ----------------------------------------------------------------
+# MNIST and Fashion-MNIST: IDX files ----------------------------------------------------------------
 
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (plain or .gz), checking the header against the payload size."""
@@ -134,9 +143,10 @@ def _load_fashion_mnist(root: Path, train: bool, info: DatasetInfo) -> TensorIma
     images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise TeddyError(f"Fashion-MNIST files in {root} disagree: images {images.shape}, labels {labels.shape}")
+        raise TeddyError(f"{info.name} IDX files in {root} disagree: images {images.shape}, labels {labels.shape}")
     x = _normalise(torch.from_numpy(images.copy()).unsqueeze(1), info)
-    return TensorImageDataset(x, torch.from_numpy(labels.astype(np.int64)), FASHION_MNIST_CLASSES)
+    names = MNIST_CLASSES if info.name == "mnist" else FASHION_MNIST_CLASSES
+    return TensorImageDataset(x, torch.from_numpy(labels.astype(np.int64)), names)
 
 
 # CIFAR: torchvision's python-pickle format -------------------------------------------------
@@ -197,6 +207,12 @@ def _load_image_folder(root: Path, train: bool, info: DatasetInfo, num_workers: 
     return FolderSubset(ds, torch.arange(len(ds)), num_workers)
 
 
+def _load_folder_dataset(dataset_cfg, root, train, info):
+    from teddy.image_folder import load_folder_split
+
+    return load_folder_split(dataset_cfg, train, info)
+
+
 def reorganise_tiny_imagenet_val(root) -> int:
     """Move Tiny-ImageNet's val/images/*.JPEG into val/<wnid>/ folders using
     val/val_annotations.txt, so that val/ reads as an ImageFolder. Returns images moved."""
@@ -223,7 +239,7 @@ def reorganise_tiny_imagenet_val(root) -> int:
 def _download(name: str, root: Path) -> None:
     from torchvision import datasets
 
-    getter = {"fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10,
+    getter = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10,
               "cifar100": datasets.CIFAR100}.get(name)
     if getter is None:
         raise TeddyError(f"dataset.download is not supported for '{name}'; place it under dataset.root")
@@ -237,10 +253,16 @@ def load_split(dataset_cfg: dict, split: str):
     root = Path(dataset_cfg["root"])
     if dataset_cfg.get("download", False):
         _download(info.name, root)
-        if info.name == "fashion_mnist":
-            root = root / "FashionMNIST" / "raw"
-    loader = {"fashion_mnist": _load_fashion_mnist, "cifar10": _load_cifar, "cifar100": _load_cifar}.get(
-        info.name, partial(_load_image_folder, num_workers=int(dataset_cfg.get("num_workers", 0))))
+        if info.name in ("mnist", "fashion_mnist"):
+            root = root / {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[info.name] / "raw"
+    from teddy.image_folder import FOLDER_DATASETS
+
+    if info.name in FOLDER_DATASETS:
+        loader = partial(_load_folder_dataset, dataset_cfg)
+    else:
+        loader = {"mnist": _load_fashion_mnist, "fashion_mnist": _load_fashion_mnist, "cifar10": _load_cifar,
+                  "cifar100": _load_cifar}.get(
+            info.name, partial(_load_image_folder, num_workers=int(dataset_cfg.get("num_workers", 0))))
     if split == "test":
         return loader(root, False, info)
     if split not in ("train", "val", "train_full"):

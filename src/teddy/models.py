@@ -11,18 +11,40 @@ from torchvision.models.resnet import BasicBlock
 from teddy.errors import TeddyError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+# smallest input side each architecture supports (its last feature map keeps >= 1 pixel), as a
+# number or a function of the constructor options
+MIN_IMAGE_SIZE: dict[str, int | Callable[..., int]] = {}
 
 
-def register(name: str):
+def register(name: str, min_image_size: int | Callable[..., int] = 1):
     def wrap(fn):
         MODELS[name] = fn
+        MIN_IMAGE_SIZE[name] = min_image_size
         return fn
     return wrap
+
+
+def min_image_size(name: str, **options) -> int:
+    size = MIN_IMAGE_SIZE.get(name, 1)
+    return int(size(**options) if callable(size) else size)
+
+
+def check_image_size(name: str, image_size: int, **options) -> None:
+    """One line when `image_size` is too small for the architecture (checked at config load)."""
+    needed = min_image_size(name, **options)
+    if int(image_size) < needed:
+        detail = f" with options {options}" if options else ""
+        raise TeddyError(f"architecture '{name}'{detail} needs images of at least {needed}x{needed} pixels, "
+                         f"but dataset.image_size is {image_size}")
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
     if name not in MODELS:
         raise TeddyError(f"unknown architecture '{name}'; registered: {sorted(MODELS)}")
+    try:
+        check_image_size(name, image_size, **kwargs)
+    except TypeError as exc:
+        raise TeddyError(f"bad options for architecture '{name}': {exc}") from None
     try:
         return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     except TypeError as exc:
@@ -52,7 +74,7 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register("convnet")
+@register("convnet", min_image_size=lambda depth=3, **_: 2 ** int(depth))  # one 2x pooling per layer
 def convnet(num_classes, in_channels, image_size, depth=3, width=128, norm="batch"):
     return ConvNet(num_classes, in_channels, image_size, depth=depth, width=width, norm=norm)
 
@@ -80,13 +102,13 @@ class SmallResNet(tvm.ResNet):
         _small_input_stem(self, in_channels, width)
 
 
-@register("resnet18_small")
+@register("resnet18_small", min_image_size=8)  # three stride-2 stages
 def resnet18_small(num_classes, in_channels, image_size):
     """ResNet-18 for 28-64 pixel inputs (the Tiny-ImageNet base model of SRe2L/Teddy)."""
     return SmallResNet([2, 2, 2, 2], num_classes, in_channels)
 
 
-@register("resnet10_w16")
+@register("resnet10_w16", min_image_size=8)
 def resnet10_w16(num_classes, in_channels, image_size):
     """A ResNet-10 (one BasicBlock per stage) at a quarter of ResNet-18's width (16..128
     channels), small-input stem. Sized to train in seconds on 2 CPU cores."""
@@ -106,10 +128,11 @@ def _torchvision(ctor, num_classes, in_channels):
     return model
 
 
-# torchvision's ImageNet-style models (224-pixel inputs), registered under their own names
+# torchvision's ImageNet-style models (224-pixel inputs, five stride-2 stages: at least 32 pixels),
+# registered under their own names
 for _name, _ctor in {"resnet18": tvm.resnet18, "resnet50": tvm.resnet50, "resnet101": tvm.resnet101,
                      "mobilenet_v2": tvm.mobilenet_v2}.items():
-    register(_name)(lambda num_classes, in_channels, image_size, _ctor=_ctor: _torchvision(_ctor, num_classes,
+    register(_name, min_image_size=32)(lambda num_classes, in_channels, image_size, _ctor=_ctor: _torchvision(_ctor, num_classes,
                                                                                             in_channels))
 
 

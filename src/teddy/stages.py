@@ -37,6 +37,17 @@ def build(cfg: dict, arch: str, seed: int | None = None):
     return model_from_spec(arch_spec(cfg, arch), dataset_info(cfg["dataset"]))
 
 
+# 0. data --------------------------------------------------------------------------------------
+
+def normalisation(cfg: dict, out_json) -> dict:
+    """Class-folder datasets: mean/std of the training split and a check of every image, cached."""
+    from teddy.image_folder import compute_normalisation
+
+    stats = compute_normalisation(cfg["dataset"])
+    save_json(stats, out_json)
+    return stats
+
+
 # 1. base model ------------------------------------------------------------------------------
 
 def train_base(cfg: dict, model_out, metrics_out, snapshot_dir, checkpoint=None) -> dict:

@@ -3,6 +3,7 @@ from snakemake.exceptions import WorkflowError
 
 from teddy.config import check_config
 from teddy.errors import TeddyError
+from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
 from teddy import resources as res
 
@@ -12,6 +13,10 @@ except TeddyError as exc:
     raise WorkflowError(f"bad config: {exc}")
 
 R = config["results_dir"]
+# class-folder datasets: the stages read mean/std (unless configured) and the skipped files from
+# this file, written by rule normalisation and declared as an input of every stage reading images
+NORMALISATION_FILE = config["dataset"].setdefault("normalisation_file", f"{R}/data/normalisation.json")
+DATA = [NORMALISATION_FILE] if is_folder_dataset(config["dataset"]) else []
 BASE_ARCH = config["base"]["arch"]
 GPUS = int(config.get("gpus_per_job", 0))
 THREADS = config.get("threads", {})

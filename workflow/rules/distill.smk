@@ -2,6 +2,7 @@
 # meta.json (teddy.distilled_set).
 rule distill:
     input:
+        data=DATA,
         pool=distill_pool_inputs,
     output:
         images=directory(f"{R}/distilled/{{method}}/ipc{{ipc}}/images"),

@@ -4,6 +4,7 @@
 # With gpus_per_job > 1 (or evaluate.processes) the stage runs itself under torchrun.
 rule evaluate:
     input:
+        data=DATA,
         distilled=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
         teacher=lambda wc: [f"{R}/base/{BASE_ARCH}/model.pt"] if wc.labels == "online_kd" else [],
         soft_labels=lambda wc: ([f"{R}/distilled/{wc.method}/ipc{wc.ipc}/soft_labels/seed{wc.seed}/meta.json"]

@@ -1,6 +1,7 @@
 # Stage 2: the weak-model pool, one job per member, then a manifest per pool.
 rule pool_member:
     input:
+        data=DATA,
         model=f"{R}/base/{BASE_ARCH}/model.pt",
         metrics=f"{R}/base/{BASE_ARCH}/metrics.json",
     output:

@@ -1,6 +1,8 @@
 # Stage 1: the base ("squeeze") model on the real training set; keeps per-epoch snapshots
 # beside it (side files listed in metrics.json) for the prior pool.
 rule train_base:
+    input:
+        data=DATA,
     output:
         model=f"{R}/base/{{arch}}/model.pt",
         metrics=f"{R}/base/{{arch}}/metrics.json",
