@@ -10,6 +10,7 @@ from teddy.image_folder import check_tree, is_folder_dataset, setting
 from teddy.methods import METHODS
 from teddy.models import MODELS, check_image_size
 from teddy.pool import member_names
+from teddy.resources import data_shape
 
 
 def check_dataset(cfg: dict) -> int:
@@ -64,7 +65,7 @@ def check_config(cfg: dict) -> None:
         if recipe["method"] == "import" and not recipe.get("path"):
             raise TeddyError(f"distill.methods.{name} is an import but names no ImageFolder (key path)")
     topk = cfg["evaluate"].get("keep_topk")
-    num_classes = dataset_info(cfg["dataset"]).num_classes
+    num_classes = None if topk is None else data_shape(cfg["dataset"])[0]
     if topk is not None and int(topk) > num_classes:
         raise TeddyError(f"evaluate.keep_topk={topk} exceeds the dataset's {num_classes} classes")
     snapshots = cfg["base"].get("snapshot_epochs")

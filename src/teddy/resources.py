@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 
 from teddy.data import dataset_info
+from teddy.errors import TeddyError
+from teddy.image_folder import class_folders, is_folder_dataset, setting
 
 # images per second of training (forward + backward, plus the teacher's forward) at 224 px on one GPU
 STUDENT_IMAGES_PER_S = {"resnet18": 2500.0, "resnet50": 900.0, "resnet101": 550.0, "mobilenet_v2": 1800.0}
@@ -42,20 +44,36 @@ OVERHEAD_MIN = 10.0
 SAFETY = 1.5
 
 
+FALLBACK_CLASSES = 1000  # a class-folder dataset whose tree is not visible where the DAG is built
+
+
+def data_shape(dataset_cfg: dict) -> tuple[int, int, int]:
+    """(classes, channels, image size), without the normalisation a class-folder dataset only
+    has once rule normalisation ran (resources are computed while the DAG is built)."""
+    if not is_folder_dataset(dataset_cfg):
+        info = dataset_info(dataset_cfg)
+        return info.num_classes, info.channels, info.image_size
+    try:
+        classes = len(class_folders(dataset_cfg))
+    except (TeddyError, OSError):
+        classes = FALLBACK_CLASSES
+    return classes, int(setting(dataset_cfg, "channels")), int(setting(dataset_cfg, "image_size"))
+
+
 def gpus(cfg: dict, rule: str) -> int:
     return 0 if rule in ("aggregate", "pool_manifest") else int(cfg.get("gpus_per_job", 0))
 
 
 def images_per_s(cfg: dict, arch: str) -> float:
-    info = dataset_info(cfg["dataset"])
+    image_size = data_shape(cfg["dataset"])[2]
     n_gpus = gpus(cfg, "evaluate")
     if n_gpus == 0:
         return CPU_IMAGES_PER_S
-    return STUDENT_IMAGES_PER_S.get(arch, DEFAULT_IMAGES_PER_S) * (224.0 / info.image_size) ** 2 * n_gpus
+    return STUDENT_IMAGES_PER_S.get(arch, DEFAULT_IMAGES_PER_S) * (224.0 / image_size) ** 2 * n_gpus
 
 
 def _set_images(cfg: dict, ipc: int) -> int:
-    return int(ipc) * dataset_info(cfg["dataset"]).num_classes
+    return int(ipc) * data_shape(cfg["dataset"])[0]
 
 
 def runtime_min(cfg: dict, rule: str, ipc: int = 1, arch: str | None = None, attempt: int = 1) -> int:
@@ -87,16 +105,16 @@ def workers(cfg: dict, rule: str) -> int:
 
 
 def mem_mb(cfg: dict, rule: str, ipc: int = 1, attempt: int = 1) -> int:
-    info = dataset_info(cfg["dataset"])
-    set_mb = _set_images(cfg, ipc) * info.channels * info.image_size ** 2 * 4 / 2**20
+    classes, channels, size = data_shape(cfg["dataset"])
+    set_mb = _set_images(cfg, ipc) * channels * size ** 2 * 4 / 2**20
     n_workers = workers(cfg, rule)
     if rule in ("evaluate", "relabel"):
         ev = cfg["evaluate"]
         recipe = ev["recipe"]
         in_memory = set_mb if set_mb <= float(ev.get("in_memory_max_mb", 1024)) else 0.0
         micro = int(recipe["batch_size"]) / max(1, int(recipe.get("accumulate", 1)))
-        batch_mb = micro * info.channels * info.image_size ** 2 * 4 / 2**20
-        k = int(ev.get("keep_topk") or info.num_classes)
+        batch_mb = micro * channels * size ** 2 * 4 / 2**20
+        k = int(ev.get("keep_topk") or classes)
         epoch_labels_mb = _set_images(cfg, ipc) * (4 * k + 25) / 2**20
         mb = 3000 + in_memory + n_workers * (500 + 2 * batch_mb) + 4 * batch_mb + epoch_labels_mb
     elif rule in ("train_base", "pool_member", "distill"):

@@ -3,6 +3,7 @@
 # never loads the teacher (labels: stored). The plan depends on the seed, not on the student.
 rule relabel:
     input:
+        data=DATA,
         distilled=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
         teacher=f"{R}/base/{BASE_ARCH}/model.pt",
     output:
