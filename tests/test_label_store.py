@@ -83,3 +83,24 @@ def test_bad_stores_are_one_line_errors(tmp_path):
     epoch_path(meta.parent, 1).unlink()
     with pytest.raises(TeddyError, match="epoch file missing: .*epoch0001.pt"):
         train_model(_student(), data, RECIPE, CPU, seed=3, label_store=_open(meta, data))
+
+
+def test_streamed_png_set_student_from_the_store_equals_online(tmp_path):
+    from teddy.data import DatasetInfo
+    from teddy.distilled_set import write_images, write_meta
+    from teddy.student_data import load_student_set
+
+    data = _distilled()
+    write_images(tmp_path / "set/images", data.images, data.targets, [i // 10 for i in range(20)], [0.5], [0.5])
+    meta = write_meta(tmp_path / "set", method="x", ipc=2, class_names=data.class_names, mean=[0.5], std=[0.5],
+                      channels=1, image_size=28, config={})
+    streamed, _ = load_student_set(tmp_path / "set/meta.json", in_memory_max_mb=0)  # read by the loader, not held
+    info = DatasetInfo("x", 10, 1, 28, (0.5,), (0.5,))
+    online, stored = _student(), _student()
+    online_history = train_model(online, streamed, RECIPE, CPU, seed=3, teacher=_teacher(), info=info)
+    store = tmp_path / "store/meta.json"
+    write_label_store(store, streamed, _teacher(), RECIPE, 3, CPU, set_hash=meta["set_hash"], num_classes=10,
+                      image_size=28, mean=[0.5], std=[0.5], logits_dtype=torch.float32)
+    labels = LabelStore(store, set_hash=meta["set_hash"], recipe=RECIPE, seed=3, chunks=1, num_images=20, num_classes=10)
+    stored_history = train_model(stored, streamed, RECIPE, CPU, seed=3, label_store=labels, info=info)
+    assert [h["loss"] for h in stored_history] == [h["loss"] for h in online_history]
