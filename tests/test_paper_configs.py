@@ -96,6 +96,12 @@ def test_paper_config_carries_the_method_recipe(name):
         b = cfg["base"]["recipe"]
         assert (cfg["base"]["arch"], b["epochs"], b["lr"], b["warmup_epochs"]) == want["base"]
         assert (b["momentum"], b["weight_decay"], b["batch_size"]) == (0.9, 1e-4, 256)
+    if "rded" in methods:  # RDED: the base model observes; factor 2 at ImageNet resolution, 1 for small images
+        rded = methods["rded"]
+        assert cfg["pools"][rded["pool"]]["generator"] == "single" and rded.get("observer") in (None, "base")
+        assert rded["factor"] == (2 if name == "imagenet1k" else 1)
+        assert rded["crops_per_image"] == 5  # and enough candidates for one patch per source image:
+        assert 300 <= rded["candidates_per_class"] >= max(cfg["distill"]["ipc"]) * rded["factor"] ** 2
     if "sre2l" in methods:  # the SRe2L baseline: the strong base model alone, from noise
         assert methods["sre2l"]["init"] == "noise"
         assert cfg["pools"][methods["sre2l"]["pool"]]["generator"] == "single"

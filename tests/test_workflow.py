@@ -1,5 +1,6 @@
 """The real Snakemake DAG, run as a subprocess (as a user would) on a tiny IDX fixture."""
 
+import base64
 import json
 import os
 import shutil
@@ -35,6 +36,8 @@ def tiny_config(data_root: Path) -> dict:
     cfg["evaluate"]["students"] = ["convnet", "resnet10_w16"]
     cfg["evaluate"]["seeds"] = [0, 1]
     cfg["evaluate"]["recipe"]["epochs"] = 3
+    # the ceiling rows: each student on the whole (tiny) training set
+    cfg["ceiling"] = {"seeds": [0], "recipe": {**cfg["evaluate"]["recipe"], "epochs": 1, "batch_size": 64}}
     return cfg
 
 
@@ -92,12 +95,28 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     result = json.loads((R / "eval/teddy/ipc2/convnet/online_kd/seed1.json").read_text())
     assert result["labels"] == "online_kd" and 0 <= result["test_accuracy"] <= 1
     table = pd.read_csv(R / "tables/accuracy.csv")
-    assert len(table) == 2 * 2 * 2  # method x ipc x arch
-    assert (table["seeds"] == 2).all() and table["mean"].between(0, 100).all()
+    measured = table[table["kind"] == "measured"]
+    assert len(measured) == 2 * 2 * 2  # method x ipc x arch (one label protocol)
+    assert (measured["seeds"] == 2).all() and measured["mean"].between(0, 100).all()
+    ceiling = table[table["kind"] == "ceiling"]
+    assert len(ceiling) == 2 * 2 and set(ceiling["student"]) == {"convnet", "resnet10_w16"}
+    for arch in ("convnet", "resnet10_w16"):
+        assert json.loads((R / f"ceiling/{arch}/online_kd/seed0.json").read_text())["train_images"] == 180
     md = (R / "tables/accuracy.md").read_text()
-    assert "convnet IPC1" in md and "teddy" in md and "random" in md
-    runtime = pd.read_csv(R / "tables/runtime.csv")
-    assert {"train_base", "pool_member", "distill", "evaluate"} <= set(runtime["stage"])
+    assert "## convnet, online_kd labels" in md and "teddy" in md and "random" in md and "ceiling" in md
+    assert (R / "tables/accuracy.tex").read_text().count(r"\multicolumn") == 2
+    efficiency = pd.read_csv(R / "tables/efficiency.csv")
+    assert {"train_base", "pool_member", "distill", "evaluate", "ceiling"} <= set(efficiency["stage"])
+    assert (R / "plots/accuracy_vs_ipc_online_kd.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Snakemake's own HTML report holds the table page and the plot (embedded as data URIs)
+    report = work / "report.html"
+    proc = snakemake(work, "--report", str(report))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    page = report.read_text()
+    for embedded in ("tables/accuracy.html", "plots/accuracy_vs_ipc_online_kd.png"):
+        encoded = base64.b64encode((R / embedded).read_bytes()).decode()
+        assert encoded[:2000] in page, embedded
     # nothing half-written is left behind
     assert not list(R.rglob("*.tmp"))
 

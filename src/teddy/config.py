@@ -7,7 +7,7 @@ from pathlib import Path
 from teddy.data import dataset_info
 from teddy.errors import TeddyError
 from teddy.image_folder import check_tree, is_folder_dataset, setting
-from teddy.methods import METHODS
+from teddy.methods import METHODS, rded
 from teddy.models import MODELS, check_image_size
 from teddy.pool import member_names
 from teddy.resources import data_shape
@@ -61,6 +61,10 @@ def check_config(cfg: dict) -> None:
             if members and int(recipe["pool_size"]) > len(members):
                 raise TeddyError(f"distill.methods.{name}.pool_size={recipe['pool_size']} but pool '{pool}' "
                                  f"has {len(members)} members")
+        if recipe["method"] == "rded":
+            members = member_names(cfg["pools"][pool])[: recipe.get("pool_size") or None] if pool else []
+            rded.check_recipe(recipe, image_size, cfg["distill"]["ipc"], members,
+                              f"distill.methods.{name}")
     for name, recipe in cfg["distill"]["methods"].items():
         if recipe["method"] == "import" and not recipe.get("path"):
             raise TeddyError(f"distill.methods.{name} is an import but names no ImageFolder (key path)")

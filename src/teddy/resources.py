@@ -10,6 +10,7 @@ minutes, cpus_per_task, gpu); a retried job (Snakemake's `attempt` = 2, 3, ...) 
     evaluate runtime       = 1.5 x (epochs x IPC x classes + test images) / images/s + 10 min
     relabel runtime        = 1.5 x epochs x IPC x classes / (3 x images/s of the teacher) + 10 min
     train_base / pool      = 1.5 x epochs x train images / images/s (base arch) + 10 min
+    ceiling                = 1.5 x ceiling epochs x train images / images/s (student) + 10 min
     distill runtime        = 1.5 x iterations x IPC x classes x 3 / images/s (base arch) + 10 min
                              (every synthetic image: one forward and backward of a pool member
                              per iteration, about 3 forwards)
@@ -61,7 +62,7 @@ def data_shape(dataset_cfg: dict) -> tuple[int, int, int]:
 
 
 def gpus(cfg: dict, rule: str) -> int:
-    return 0 if rule in ("aggregate", "pool_manifest") else int(cfg.get("gpus_per_job", 0))
+    return 0 if rule in ("aggregate", "pool_manifest", "normalisation") else int(cfg.get("gpus_per_job", 0))
 
 
 def images_per_s(cfg: dict, arch: str) -> float:
@@ -92,6 +93,9 @@ def runtime_min(cfg: dict, rule: str, ipc: int = 1, arch: str | None = None, att
         seconds = int(recipe["epochs"]) * train / images_per_s(cfg, base_arch)
         if rule == "pool_member":
             seconds /= max(1, int(recipe["epochs"]))  # a snapshot copy or one fine-tuning epoch
+    elif rule == "ceiling":  # a student on the whole real training set
+        train = min(TRAIN_IMAGES.get(name, 50000), int(cfg["dataset"].get("train_limit") or 10**9))
+        seconds = int(cfg["ceiling"]["recipe"]["epochs"]) * train / images_per_s(cfg, arch)
     elif rule == "distill":
         iterations = max([int(m.get("iterations", 1000)) for m in cfg["distill"]["methods"].values()] + [1])
         seconds = iterations * _set_images(cfg, ipc) * 3 / images_per_s(cfg, base_arch)
@@ -101,7 +105,8 @@ def runtime_min(cfg: dict, rule: str, ipc: int = 1, arch: str | None = None, att
 def workers(cfg: dict, rule: str) -> int:
     if rule == "evaluate" or rule == "relabel":
         return int(cfg["evaluate"].get("num_workers", cfg["dataset"].get("num_workers", 0)))
-    return int(cfg["dataset"].get("num_workers", 0)) if rule in ("train_base", "pool_member", "distill") else 0
+    return int(cfg["dataset"].get("num_workers", 0)) if rule in ("train_base", "pool_member", "distill",
+                                                                "ceiling") else 0
 
 
 def mem_mb(cfg: dict, rule: str, ipc: int = 1, attempt: int = 1) -> int:
@@ -117,7 +122,7 @@ def mem_mb(cfg: dict, rule: str, ipc: int = 1, attempt: int = 1) -> int:
         k = int(ev.get("keep_topk") or classes)
         epoch_labels_mb = _set_images(cfg, ipc) * (4 * k + 25) / 2**20
         mb = 3000 + in_memory + n_workers * (500 + 2 * batch_mb) + 4 * batch_mb + epoch_labels_mb
-    elif rule in ("train_base", "pool_member", "distill"):
+    elif rule in ("train_base", "pool_member", "distill", "ceiling"):
         mb = 4000 + n_workers * 500 + (set_mb * 4 if rule == "distill" else 0)  # images, grads, Adam moments
     else:
         mb = 2000

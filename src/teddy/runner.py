@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
+from teddy.efficiency import gpu_memory_line
 from teddy.errors import TeddyError
 
 
@@ -25,6 +26,8 @@ def stage(snakemake):
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
         yield
+        if gpu_memory_line():  # the job's own record of its peak GPU memory (efficiency table)
+            print(gpu_memory_line(), file=sys.stderr)
     except TeddyError as exc:
         message = f"error in rule {snakemake.rule}: {exc}"
         print(message, file=sys.stderr)

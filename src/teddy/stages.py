@@ -22,7 +22,11 @@ from teddy.pool import (FreshModelPool, choose_snapshot, load_model, load_pool, 
 from teddy.label_store import LabelStore, write_label_store
 from teddy.student_data import load_student_set
 from teddy.distributed import barrier, in_launched_process, init_from_env, is_main, launch, processes_for
-from teddy.report import (accuracy_table, collect_results, published_rows, render_markdown, runtime_table,
+from teddy.efficiency import efficiency_table, peak_gpu_memory_mb
+from teddy.plots import accuracy_vs_ipc
+from teddy.published import load_published
+from teddy.report import (accuracy_table, ceiling_table, check_cells, collect_results, paper_table, render_html,
+                          render_latex, render_markdown, requested_ceiling_cells, requested_cells,
                           with_distill_seconds)
 from teddy.train import evaluate_accuracy, recalibrate_bn, remove_checkpoint, resolve_device, train_model
 
@@ -239,7 +243,7 @@ def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, labels
     train_model(student, train_set, recipe, device, seed=int(seed), teacher=teacher, checkpoint_path=checkpoint,
                 desc=f"student {arch} {method_name} ipc{ipc} {labels} seed{seed}", label_store=store, info=info)
     result = {"method": method_name, "ipc": int(ipc), "arch": arch, "seed": int(seed), "labels": labels,
-              "processes": processes, "train_seconds": time.perf_counter() - t0}
+              "processes": processes, "train_seconds": time.perf_counter() - t0, "peak_gpu_mb": peak_gpu_memory_mb()}
     if is_main():
         result["test_accuracy"] = evaluate_accuracy(student, load_split(cfg["dataset"], "test"), device)
         save_json(result, out_json)
@@ -248,16 +252,59 @@ def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, labels
     return result
 
 
+# 5b. ceiling: each student on the whole real training set --------------------------------
+
+def ceiling(cfg: dict, arch: str, labels: str, seed: int, teacher_path, out_json, checkpoint=None) -> dict:
+    """The ceiling row of a (student, label protocol) block: `ceiling.recipe` on the whole real
+    training set (validation split held out as everywhere), hard labels or online KD from the base
+    model; top-1 on the real test set."""
+    if labels not in ("hard", "online_kd"):
+        raise TeddyError(f"ceiling label protocol must be hard or online_kd, got '{labels}'")
+    device = resolve_device(cfg.get("device", "auto"))
+    train_set = load_split(cfg["dataset"], "train")
+    teacher = load_model(teacher_path, what="teacher (base model)")[0] if labels == "online_kd" else None
+    student = build(cfg, arch, seed=int(seed))
+    t0 = time.perf_counter()
+    train_model(student, train_set, {"eval_every": 0, **cfg["ceiling"]["recipe"]}, device, seed=int(seed),
+                teacher=teacher, checkpoint_path=checkpoint, desc=f"ceiling {arch} {labels} seed{seed}",
+                info=dataset_info(cfg["dataset"]))
+    result = {"arch": arch, "labels": labels, "seed": int(seed), "train_images": len(train_set),
+              "test_accuracy": evaluate_accuracy(student, load_split(cfg["dataset"], "test"), device),
+              "train_seconds": time.perf_counter() - t0, "peak_gpu_mb": peak_gpu_memory_mb()}
+    save_json(result, out_json)
+    remove_checkpoint(checkpoint)
+    return result
+
+
 # 6. aggregate -------------------------------------------------------------------------------
 
-def aggregate(cfg: dict, eval_jsons, benchmark_files, table_csv, table_md, runtime_csv, published_csv=None):
-    table = accuracy_table(collect_results(eval_jsons))
-    table = with_distill_seconds(table, Path(cfg["results_dir"]) / "distilled")
-    runtimes = runtime_table(benchmark_files)
-    published = published_rows(published_csv, cfg["dataset"]["name"]) if published_csv else pd.DataFrame()
+def aggregate(cfg: dict, eval_jsons, ceiling_jsons, benchmark_files, published_path, table_csv, table_md, table_tex,
+              table_html, efficiency_csv, plots: dict) -> pd.DataFrame:
+    """The paper tables (CSV long form, Markdown, LaTeX, HTML), the efficiency table and one
+    accuracy-vs-IPC plot per label protocol (`plots`: protocol -> PNG path). Every requested cell
+    must have its result file; published figures come from `published_path` (file or folder)."""
+    dataset = cfg["dataset"]["name"]
+    requested = requested_cells(cfg)
+    results = collect_results(eval_jsons)
+    check_cells(results, requested)
+    results = results.merge(requested, on=list(requested.columns))  # only what this config asks for
+    measured = with_distill_seconds(accuracy_table(results), Path(cfg["results_dir"]) / "distilled")
+    ceilings = None
+    wanted_ceilings = requested_ceiling_cells(cfg)
+    if not wanted_ceilings.empty:
+        found = collect_results(ceiling_jsons, what="ceiling result")
+        check_cells(found, wanted_ceilings, what="ceiling")
+        ceilings = ceiling_table(found.merge(wanted_ceilings, on=list(wanted_ceilings.columns)))
+    published = load_published(published_path, dataset) if published_path else None
+    table = paper_table(measured, ceilings, published, method_order=list(cfg["distill"]["methods"]))
+    efficiency = efficiency_table(benchmark_files, cfg["distill"]["methods"])
     with atomic_path(table_csv) as tmp:
         table.to_csv(tmp, index=False)
-    with atomic_path(runtime_csv) as tmp:
-        runtimes.to_csv(tmp, index=False)
-    save_text(render_markdown(cfg["dataset"]["name"], table, runtimes, published), table_md)
+    with atomic_path(efficiency_csv) as tmp:
+        efficiency.to_csv(tmp, index=False)
+    save_text(render_markdown(dataset, table, efficiency), table_md)
+    save_text(render_latex(dataset, table), table_tex)
+    save_text(render_html(dataset, table, efficiency), table_html)
+    for labels, png in plots.items():
+        accuracy_vs_ipc(table, labels, png, dataset)
     return table

@@ -1,19 +1,42 @@
-# Stage 6: the paper's table (method x IPC x student) and every stage's runtime.
-EVAL_JSONS = expand(f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.json",
-                    method=METHOD_NAMES, ipc=IPCS, arch=STUDENTS, labels=LABELS, seed=SEEDS)
+# Stage 6: the paper's tables (blocks per student and label protocol, ceiling first, published
+# rows beside ours), the efficiency table and accuracy-vs-IPC plots, all marked for
+# `snakemake --report report.html` (captions in workflow/report/).
+from pathlib import Path
+
+from teddy.published import published_files
+from teddy.report import label_protocols
+
+LABEL_PROTOCOLS = label_protocols(config)
+# evaluate's own output pattern: a {labels} level in it is expanded too, and without one
+# the duplicates expand would make are dropped
+EVAL_JSONS = list(dict.fromkeys(expand(rules.evaluate.output[0], method=METHOD_NAMES, ipc=IPCS, arch=STUDENTS,
+                                       labels=LABEL_PROTOCOLS, seed=SEEDS)))
+PUBLISHED = config.get("published_results") or str(Path(workflow.basedir).parent / "config" / "published")
+try:
+    PUBLISHED_FILES = [str(p) for p in published_files(PUBLISHED)]
+except TeddyError as exc:
+    raise WorkflowError(f"bad config: {exc}")
 
 
 rule aggregate:
     input:
         evals=EVAL_JSONS,
+        ceilings=CEILING_JSONS,
         manifests=[f"{R}/pool/{p}/manifest.csv" for p in used_pools()],
+        published=PUBLISHED_FILES,
     output:
-        csv=f"{R}/tables/accuracy.csv",
+        csv=report(f"{R}/tables/accuracy.csv", caption="../report/accuracy_csv.rst", category="Tables"),
         md=f"{R}/tables/accuracy.md",
-        runtime=f"{R}/tables/runtime.csv",
+        tex=f"{R}/tables/accuracy.tex",
+        html=report(f"{R}/tables/accuracy.html", caption="../report/accuracy_table.rst", category="Tables"),
+        efficiency=report(f"{R}/tables/efficiency.csv", caption="../report/efficiency.rst", category="Tables"),
+        plots=[report(f"{R}/plots/accuracy_vs_ipc_{labels}.png", caption="../report/accuracy_plot.rst",
+                      category="Plots", labels={"plot": "accuracy vs IPC", "labels": labels})
+               for labels in LABEL_PROTOCOLS],
     params:
         benchmarks=f"{R}/benchmarks",
-        published=config.get("published_results", "resources/published_results.csv"),
+        published=PUBLISHED,
+        label_protocols=LABEL_PROTOCOLS,
     log:
         f"{R}/logs/aggregate.log",
     benchmark:

@@ -75,5 +75,5 @@ def used_pools():
 def all_targets():
     targets = [f"{R}/pool/{p}/manifest.csv" for p in used_pools()]
     targets += expand(f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png", method=METHOD_NAMES, ipc=IPCS)
-    targets += [f"{R}/tables/accuracy.md", f"{R}/tables/accuracy.csv", f"{R}/tables/runtime.csv"]
+    targets += [f"{R}/tables/accuracy.md", f"{R}/tables/accuracy.csv", f"{R}/tables/efficiency.csv"]
     return targets

@@ -7,7 +7,8 @@ rule distill:
     output:
         images=directory(f"{R}/distilled/{{method}}/ipc{{ipc}}/images"),
         meta=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
-        grid=f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png",
+        grid=report(f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png", caption="../report/grid.rst",
+                    category="Distilled images", subcategory="{method}", labels={"method": "{method}", "IPC": "{ipc}"}),
         log_json=f"{R}/distilled/{{method}}/ipc{{ipc}}/log.json",
     params:
         checkpoint=f"{R}/distilled/{{method}}/ipc{{ipc}}/distill.ckpt",

@@ -5,5 +5,7 @@ from teddy.runner import stage
 
 with stage(snakemake):
     benchmarks = sorted(Path(snakemake.params.benchmarks).rglob("*.tsv"))
-    stages.aggregate(snakemake.config, list(snakemake.input.evals), benchmarks, snakemake.output.csv,
-                     snakemake.output.md, snakemake.output.runtime, snakemake.params.published)
+    out = snakemake.output
+    stages.aggregate(snakemake.config, list(snakemake.input.evals), list(snakemake.input.ceilings), benchmarks,
+                     snakemake.params.published, out.csv, out.md, out.tex, out.html, out.efficiency,
+                     dict(zip(snakemake.params.label_protocols, out.plots)))

@@ -18,6 +18,7 @@ METHODS = {
     "bilevel": "teddy.methods.bilevel",
     "herding": "teddy.methods.herding",
     "import": "teddy.methods.imported",
+    "rded": "teddy.methods.rded",
 }
 
 
