@@ -28,8 +28,8 @@ from local_slurm import SlurmUnavailable, local_slurm_cluster
 from test_workflow import REPO, SNAKEMAKE, tiny_config, write_workdir
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
-GPU_RULES = {"train_base", "train_prior", "pool_member", "distill", "relabel", "evaluate"}
-CPU_RULES = {"pool_manifest", "gather", "aggregate"}
+GPU_RULES = {"train_base", "train_prior", "pool_member", "distill", "relabel", "evaluate", "ceiling"}
+CPU_RULES = {"pool_manifest", "gather", "aggregate", "normalisation"}
 
 
 def workflow_rules() -> set[str]:

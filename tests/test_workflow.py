@@ -95,6 +95,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
             assert (R / f"distilled/{method}/ipc{ipc}/grid.png").read_bytes()[:4] == b"\x89PNG"
             assert meta["shards"] == (2 if (method, ipc) == ("teddy", 2) else 1)
 
+    result = json.loads((R / "eval/teddy/ipc2/convnet/online_kd/seed1.json").read_text())
+    assert result["labels"] == "online_kd" and 0 <= result["test_accuracy"] <= 1
     table = pd.read_csv(R / "tables/accuracy.csv")
     measured = table[table["kind"] == "measured"]
     assert len(measured) == 2 * 2 * 2  # method x ipc x arch (one label protocol)
@@ -170,6 +172,21 @@ def test_missing_dataset_fails_the_job_with_one_line(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "error in rule train_base: dataset file missing" in out and "dataset.root" in out
+
+
+def test_label_protocols_are_a_wildcard(tmp_path):
+    data = write_fashion_mnist(tmp_path / "data", n_train=30, n_test=10)
+    cfg = tiny_config(data)
+    cfg["evaluate"]["labels"] = ["online_kd", "stored", "hard"]
+    proc = snakemake(write_workdir(tmp_path / "w", cfg), "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for labels in ("online_kd", "stored", "hard"):
+        assert f"eval/teddy/ipc1/convnet/{labels}/seed0.json" in out
+    assert "distilled/teddy/ipc1/soft_labels/seed0/meta.json" in out  # rule relabel, for stored only
+    cfg["evaluate"]["keep_topk"] = 11
+    proc = snakemake(write_workdir(tmp_path / "w2", cfg), "-n")
+    assert proc.returncode != 0 and "evaluate.keep_topk=11 exceeds" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("config_file", sorted(p.name for p in (REPO / "config").glob("*.yaml")))

@@ -10,6 +10,7 @@ from teddy.image_folder import check_tree, is_folder_dataset, setting
 from teddy.methods import METHODS, rded
 from teddy.models import MODELS, check_image_size
 from teddy.pool import member_names
+from teddy.resources import data_shape
 
 
 def check_dataset(cfg: dict) -> int:
@@ -64,6 +65,13 @@ def check_config(cfg: dict) -> None:
             members = member_names(cfg["pools"][pool])[: recipe.get("pool_size") or None] if pool else []
             rded.check_recipe(recipe, image_size, cfg["distill"]["ipc"], members,
                               f"distill.methods.{name}")
+    for name, recipe in cfg["distill"]["methods"].items():
+        if recipe["method"] == "import" and not recipe.get("path"):
+            raise TeddyError(f"distill.methods.{name} is an import but names no ImageFolder (key path)")
+    topk = cfg["evaluate"].get("keep_topk")
+    num_classes = None if topk is None else data_shape(cfg["dataset"])[0]
+    if topk is not None and int(topk) > num_classes:
+        raise TeddyError(f"evaluate.keep_topk={topk} exceeds the dataset's {num_classes} classes")
     snapshots = cfg["base"].get("snapshot_epochs")
     epochs = int(cfg["base"]["recipe"]["epochs"])
     for name, pool in cfg.get("pools", {}).items():

@@ -12,17 +12,19 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from teddy.data import TensorImageDataset, dataset_info, load_split
-from teddy.distilled_set import index_within_class, load_set_tensors
+from teddy.data import dataset_info, load_split
+from teddy.distilled_set import index_within_class
 from teddy.errors import TeddyError
-from teddy.io import atomic_path, load_json, load_torch, save_json, save_text, save_torch
+from teddy.distributed import barrier, in_launched_process, init_from_env, is_main, launch, processes_for
+from teddy.io import atomic_path, load_json, save_json, save_text
+from teddy.label_store import LabelStore, write_label_store
 from teddy.methods import DistillTask, get_method, per_batch
 from teddy.methods.base import SyntheticBatch
 from teddy.models import model_from_spec
 from teddy.pool import (FreshModelPool, choose_snapshot, load_model, load_pool, manifest_row, prune_channels,
                         save_model, write_manifest)
 from teddy.pretrained import load_pretrained
-from teddy.relabel import precompute_soft_labels
+from teddy.student_data import load_student_set
 from teddy.efficiency import efficiency_table, peak_gpu_memory_mb
 from teddy.plots import accuracy_vs_ipc
 from teddy.published import load_published
@@ -76,7 +78,8 @@ def train_snapshots(cfg: dict, arch: str, recipe: dict, wanted_epochs, snapshot_
 
     t0 = time.perf_counter()
     history = train_model(model, train_set, recipe, device, seed=seed, eval_set=val_set,
-                          on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=desc)
+                          on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=desc,
+                          info=dataset_info(cfg["dataset"]))
     snapshots = {str(h["epoch"]): {"path": str(snapshot_dir / f"epoch{h['epoch']}.pt"),
                                    "val_accuracy": h["eval_accuracy"]} for h in history if h["epoch"] in wanted}
     return model, history, snapshots, time.perf_counter() - t0
@@ -145,7 +148,7 @@ def pool_member(cfg: dict, pool_name: str, member: str, base_model, base_metrics
         recipe = finetune_recipe(cfg, pool_cfg)
         seed = int(cfg["base"].get("seed", 0))
         train_model(model, train_set, recipe, device, seed=seed, checkpoint_path=checkpoint,
-                    desc=f"fine-tune {pool_name}/{member}")
+                    desc=f"fine-tune {pool_name}/{member}", info=info)
         recalibrate_bn(model, train_set, device, batches_to_use=int(pool_cfg.get("recalibrate_batches", 20)),
                        batch_size=int(recipe["batch_size"]), seed=seed)
         made_from = f"base pruned at ratio {ratio:g}"
@@ -244,43 +247,69 @@ def student_recipe(cfg: dict, num_images: int) -> dict:
     return recipe
 
 
-def relabel(cfg: dict, seed: int, distilled_meta, teacher_path, out_path) -> dict:
-    """Stored soft labels (evaluate.labels: stored) for the student runs of one seed."""
-    device = resolve_device(cfg.get("device", "auto"))
-    images, labels, _ = load_set_tensors(distilled_meta)
-    teacher, _ = load_model(teacher_path, what="teacher (base model)")
-    store = precompute_soft_labels(images, teacher, student_recipe(cfg, len(labels)),
-                                   int(seed), device)
-    save_torch(store, out_path)
-    return store
+def student_chunks(cfg: dict, device: torch.device) -> int:
+    """Processes x accumulation steps of a student run: CutMix/Mixup partners and stored labels
+    are drawn per chunk, so relabel and evaluate must agree on it."""
+    return processes_for(cfg, device) * int(cfg["evaluate"]["recipe"].get("accumulate", 1))
 
 
-def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, distilled_meta, teacher_path,
-             out_json, checkpoint=None, soft_labels_path=None) -> dict:
+def student_set(cfg: dict, distilled_meta):
     ev = cfg["evaluate"]
+    return load_student_set(distilled_meta, float(ev.get("in_memory_max_mb", 1024)),
+                            int(ev.get("num_workers", cfg["dataset"].get("num_workers", 0))))
+
+
+def relabel(cfg: dict, seed: int, distilled_meta, teacher_path, out_meta) -> dict:
+    """Stored soft labels (evaluate.labels: stored) for the student runs of one seed: one file
+    per epoch beside `out_meta` (teddy.label_store)."""
     device = resolve_device(cfg.get("device", "auto"))
-    images, labels_, meta = load_set_tensors(distilled_meta)
-    train_set = TensorImageDataset(images, labels_, meta["class_names"])
-    labels = ev.get("labels", "online_kd")
+    train_set, meta = student_set(cfg, distilled_meta)
+    info = dataset_info(cfg["dataset"])
+    teacher, _ = load_model(teacher_path, what="teacher (base model)")
+    return write_label_store(out_meta, train_set, teacher, student_recipe(cfg, len(train_set)), int(seed), device,
+                             set_hash=meta["set_hash"], num_classes=info.num_classes, image_size=info.image_size,
+                             keep_topk=cfg["evaluate"].get("keep_topk"), chunks=student_chunks(cfg, device),
+                             mean=info.mean, std=info.std, num_workers=getattr(train_set, "num_workers", 0))
+
+
+def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, labels: str, distilled_meta,
+             teacher_path, out_json, checkpoint=None, label_store_meta=None) -> dict:
+    """Train a fresh student on the distilled set with `labels` (online_kd, stored or hard) and
+    test it. With more than one process (gpus_per_job / evaluate.processes) this launches
+    itself under torchrun; rank 0 writes the result."""
+    device = resolve_device(cfg.get("device", "auto"))
+    processes = processes_for(cfg, device)
+    if processes > 1 and not in_launched_process():
+        launch(processes, "teddy.stages:evaluate", cfg, method_name, ipc, arch, seed, labels, str(distilled_meta),
+               str(teacher_path), str(out_json), checkpoint and str(checkpoint),
+               label_store_meta and str(label_store_meta))
+        return load_json(out_json)
+    device = init_from_env(device)
+    info = dataset_info(cfg["dataset"])
+    train_set, meta = student_set(cfg, distilled_meta)
     teacher = store = None
+    recipe = student_recipe(cfg, len(train_set))
     if labels == "online_kd":
         teacher, _ = load_model(teacher_path, what="teacher (base model)")
     elif labels == "stored":
-        if not soft_labels_path:
-            raise TeddyError("evaluate.labels is 'stored' but no soft-label file was given (rule relabel)")
-        store = load_torch(soft_labels_path, what="soft-label store")
+        if not label_store_meta:
+            raise TeddyError("labels 'stored' (evaluate.labels) but no soft-label store was given (rule relabel)")
+        store = LabelStore(label_store_meta, set_hash=meta["set_hash"], recipe=recipe, seed=int(seed),
+                           chunks=processes * int(recipe.get("accumulate", 1)), num_images=len(train_set),
+                           num_classes=info.num_classes, keep_topk=cfg["evaluate"].get("keep_topk"))
     elif labels != "hard":
         raise TeddyError(f"unknown evaluate.labels '{labels}' (online_kd, stored or hard)")
-    recipe = student_recipe(cfg, len(train_set))
     student = build(cfg, arch, seed=int(seed))
     t0 = time.perf_counter()
     train_model(student, train_set, recipe, device, seed=int(seed), teacher=teacher, checkpoint_path=checkpoint,
-                desc=f"student {arch} {method_name} ipc{ipc} seed{seed}", soft_label_store=store)
-    acc = evaluate_accuracy(student, load_split(cfg["dataset"], "test"), device)
+                desc=f"student {arch} {method_name} ipc{ipc} {labels} seed{seed}", label_store=store, info=info)
     result = {"method": method_name, "ipc": int(ipc), "arch": arch, "seed": int(seed), "labels": labels,
-              "test_accuracy": acc, "train_seconds": time.perf_counter() - t0}
-    save_json(result, out_json)
-    remove_checkpoint(checkpoint)
+              "processes": processes, "train_seconds": time.perf_counter() - t0, "peak_gpu_mb": peak_gpu_memory_mb()}
+    if is_main():
+        result["test_accuracy"] = evaluate_accuracy(student, load_split(cfg["dataset"], "test"), device)
+        save_json(result, out_json)
+        remove_checkpoint(checkpoint)
+    barrier()
     return result
 
 
@@ -298,7 +327,8 @@ def ceiling(cfg: dict, arch: str, labels: str, seed: int, teacher_path, out_json
     student = build(cfg, arch, seed=int(seed))
     t0 = time.perf_counter()
     train_model(student, train_set, {"eval_every": 0, **cfg["ceiling"]["recipe"]}, device, seed=int(seed),
-                teacher=teacher, checkpoint_path=checkpoint, desc=f"ceiling {arch} {labels} seed{seed}")
+                teacher=teacher, checkpoint_path=checkpoint, desc=f"ceiling {arch} {labels} seed{seed}",
+                info=dataset_info(cfg["dataset"]))
     result = {"arch": arch, "labels": labels, "seed": int(seed), "train_images": len(train_set),
               "test_accuracy": evaluate_accuracy(student, load_split(cfg["dataset"], "test"), device),
               "train_seconds": time.perf_counter() - t0, "peak_gpu_mb": peak_gpu_memory_mb()}

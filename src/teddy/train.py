@@ -19,10 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from teddy.data import augment, batches
+from teddy.data import batches
+from teddy.distributed import all_reduce_sum, rank_world
+from teddy.distributed import wrap as distributed_wrap
 from teddy.errors import TeddyError
 from teddy.io import load_torch, save_torch
-from teddy.relabel import check_store, stored_batches
+from teddy.label_store import LabelStore
+from teddy.student_data import StudentData, mixed_cross_entropy, plan_epoch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -128,21 +131,33 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
                 teacher: nn.Module | None = None, eval_set=None,
                 on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
                 checkpoint_path: str | os.PathLike | None = None, desc: str = "train",
-                soft_label_store: dict | None = None) -> list[dict]:
+                label_store: LabelStore | None = None, info=None) -> list[dict]:
     """Train `model` on `train_set` following `recipe` and return per-epoch metrics.
 
-    KD targets come from `teacher` run on each augmented batch, or from `soft_label_store`
-    (teddy.relabel): its stored batches, augmentations and teacher logits replace the drawn
-    ones, so no teacher is needed and the student sees what the online run would.
+    Batches follow an epoch plan (teddy.student_data: per-image crops, flips, shifts, CutMix or
+    Mixup) drawn from a generator seeded with `seed`. KD targets come from `teacher` run on each
+    augmented batch, or from `label_store` (teddy.label_store), whose stored plans and teacher
+    logits replace the drawn ones, so no teacher is needed and the student sees what the online
+    run would. Inside torchrun (teddy.distributed) each process trains on its share of every
+    batch; `info` (DatasetInfo) gives ImageFolder data its crop size and normalisation.
 
-    recipe keys: epochs, batch_size, optimizer (sgd|adam|adamw), lr, momentum, weight_decay,
-    warmup_epochs, augment ({} for none), temperature (KD), hard_label_weight (KD + CE mix),
-    amp, checkpoint_every (epochs), eval_every (epochs).
+    recipe keys: epochs, batch_size, accumulate (micro-batches per batch), optimizer
+    (sgd|adam|adamw), lr, momentum, weight_decay, warmup_epochs, augment ({} for none),
+    temperature (KD), hard_label_weight (KD + CE mix), amp, channels_last, checkpoint_every
+    (epochs), eval_every (epochs).
     """
     epochs, batch_size = int(recipe["epochs"]), int(recipe["batch_size"])
+    accumulate = int(recipe.get("accumulate", 1))
+    rank, world = rank_world()
+    chunks = world * accumulate
+    if chunks > batch_size:
+        raise TeddyError(f"batch_size {batch_size} is smaller than processes x accumulate = {chunks} "
+                         f"(recipe keys batch_size, accumulate)")
+    image_size = info.image_size if info is not None else int(train_set.images.shape[-1])
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
     model.to(device)
-    if recipe.get("channels_last") and device.type == "cuda":
+    channels_last = bool(recipe.get("channels_last")) and device.type == "cuda"
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), recipe)
     scheduler = cosine_with_warmup(optimizer, epochs * steps_per_epoch,
@@ -151,21 +166,19 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
     torch.manual_seed(seed)
     aug_cfg = recipe.get("augment") or {}
     temperature = float(recipe.get("temperature", 4.0))
-    kd = teacher is not None or soft_label_store is not None
+    kd = teacher is not None or label_store is not None
     hard_weight = float(recipe.get("hard_label_weight", 0.0 if kd else 1.0))
-    if soft_label_store is not None:
-        if teacher is not None:
-            raise ValueError("give train_model a teacher or a soft_label_store, not both")
-        check_store(soft_label_store, train_set.images, recipe, seed)
+    if label_store is not None and teacher is not None:
+        raise ValueError("give train_model a teacher or a label_store, not both")
     amp = bool(recipe.get("amp", False))
     if teacher is not None:
         teacher.to(device).eval()
     history, start_epoch = [], 0
 
     ckpt_path = Path(checkpoint_path) if checkpoint_path else None
-    # a checkpoint only resumes the same run: same recipe, seed, data size and teacher use
+    # a checkpoint only resumes the same run: same recipe, seed, data size, teacher use and processes
     settings = {"recipe": dict(recipe), "seed": int(seed), "train_size": len(train_set),
-                "teacher": kd}
+                "teacher": kd, **({"processes": world} if world > 1 else {})}
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path, settings=settings)
         if state is not None:
@@ -178,37 +191,49 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
             print(f"resuming {desc} from {ckpt_path} at epoch {start_epoch}/{epochs}", file=sys.stderr)
     every = int(recipe.get("checkpoint_every", max(1, epochs // 10)))
     eval_every = int(recipe.get("eval_every", 0))
+    data = StudentData(train_set, image_size, device, mean=info.mean if info else None,
+                       std=info.std if info else None, num_workers=getattr(train_set, "num_workers", 0),
+                       rank=rank, world=world, accumulate=accumulate)
+    net = distributed_wrap(model, device)
 
-    bar = tqdm(range(start_epoch, epochs), desc=desc, file=sys.stderr, mininterval=5, disable=False,
+    bar = tqdm(range(start_epoch, epochs), desc=desc, file=sys.stderr, mininterval=5, disable=rank != 0,
                initial=start_epoch, total=epochs)
     for epoch in bar:
-        model.train()
+        net.train()
         total_loss, seen = 0.0, 0
-        if soft_label_store is None:
-            epoch_batches = ((augment(x, aug_cfg, generator) if aug_cfg else x, y, None)
-                             for x, y in batches(train_set, batch_size, True, generator, device))
+        if label_store is None:
+            plan = plan_epoch(len(train_set), batch_size, image_size, aug_cfg, generator, chunks)
         else:
-            epoch_batches = stored_batches(soft_label_store, train_set.images, train_set.targets, epoch, device)
-        for step, (x, y, teacher_logits) in enumerate(epoch_batches):
-            if recipe.get("channels_last") and device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device, amp):
-                logits = model(x)
-                loss = hard_weight * F.cross_entropy(logits, y) if hard_weight else 0.0
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-                if kd:
-                    loss = loss + kd_loss(logits.float(), teacher_logits.float(), temperature)
-            if not torch.isfinite(loss):
-                raise TeddyError(f"{desc}: non-finite loss at epoch {epoch + 1}, step {step + 1}; "
-                                 f"last good checkpoint kept at {ckpt_path}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * y.numel()
-            seen += y.numel()
+            plan = label_store.epoch(epoch)
+        for mb in data.epoch(plan):
+            x = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
+            if mb.micro == 0:
+                optimizer.zero_grad(set_to_none=True)
+            last = mb.micro == accumulate - 1
+            # DDP all-reduces gradients on the last micro-batch of a batch only
+            sync = nullcontext() if last or world == 1 else net.no_sync()
+            with sync:
+                with autocast_for(device, amp):
+                    logits = net(x)
+                    loss = hard_weight * mixed_cross_entropy(logits, mb.y, mb) if hard_weight else 0.0
+                    if teacher is not None:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x)
+                    elif label_store is not None:
+                        teacher_logits = label_store.logits(plan, mb.positions, device)
+                    if kd:
+                        loss = loss + kd_loss(logits.float(), teacher_logits.float(), temperature)
+                if not torch.isfinite(loss):
+                    raise TeddyError(f"{desc}: non-finite loss at epoch {epoch + 1}, step {mb.step + 1}; "
+                                     f"last good checkpoint kept at {ckpt_path}")
+                # each share weighted by its size: the update is that of the whole batch's mean loss
+                (loss * (len(mb.y) * world / mb.batch_size)).backward()
+            if last:
+                optimizer.step()
+                scheduler.step()
+            total_loss += loss.item() * len(mb.y)
+            seen += len(mb.y)
+        total_loss, seen = all_reduce_sum([total_loss, seen], device)
         metrics = {"epoch": epoch + 1, "loss": total_loss / max(1, seen), "lr": scheduler.get_last_lr()[0]}
         if eval_set is not None and eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             metrics["eval_accuracy"] = evaluate_accuracy(model, eval_set, device, amp=amp)
@@ -216,7 +241,7 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
         bar.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "epoch"})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, metrics)
-        if ckpt_path is not None and ((epoch + 1) % every == 0 and epoch + 1 < epochs):
+        if ckpt_path is not None and rank == 0 and ((epoch + 1) % every == 0 and epoch + 1 < epochs):
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                                         **rng_state(), "history": history, "epoch": epoch + 1,

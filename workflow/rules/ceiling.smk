@@ -24,6 +24,6 @@ rule ceiling:
         f"{R}/benchmarks/ceiling/{{arch}}/{{labels}}/seed{{seed}}.tsv"
     threads: threads_for("ceiling")
     resources:
-        gpu=GPUS,
+        **job_resources("ceiling"),
     script:
         "../scripts/ceiling.py"

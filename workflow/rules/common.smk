@@ -5,6 +5,7 @@ from teddy.config import check_config
 from teddy.errors import TeddyError
 from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
+from teddy import resources as res
 from teddy.shards import shard_count
 
 try:
@@ -24,6 +25,9 @@ METHOD_NAMES = list(config["distill"]["methods"])
 IPCS = [int(i) for i in config["distill"]["ipc"]]
 STUDENTS = list(config["evaluate"]["students"])
 SEEDS = [int(s) for s in config["evaluate"]["seeds"]]
+# label protocols: a list, or one name (the older form); a wildcard of the evaluation paths
+_labels = config["evaluate"].get("labels", "online_kd")
+LABELS = [_labels] if isinstance(_labels, str) else list(_labels)
 
 wildcard_constraints:
     ipc=r"\d+",
@@ -33,10 +37,26 @@ wildcard_constraints:
     arch=r"[^/]+",
     pool=r"[^/]+",
     member=r"[^/]+",
+    labels=r"online_kd|stored|hard",
 
 
 def threads_for(rule_name, default=1):
     return int(THREADS.get(rule_name, default))
+
+
+# Cluster resources per job, from the config (formulas documented in teddy/resources.py): memory
+# and runtime grow with the set (IPC x classes), the architecture's throughput and the retry
+# `attempt`; cpus_per_task = the rule's configured threads + DataLoader workers; GPUs = gpus_per_job.
+def job_resources(rule_name, default_threads=1):
+    def ipc_of(wc):
+        return int(getattr(wc, "ipc", 1))
+
+    return dict(
+        gpu=res.gpus(config, rule_name),
+        mem_mb=lambda wc, attempt: res.mem_mb(config, rule_name, ipc_of(wc), attempt),
+        runtime=lambda wc, attempt: res.runtime_min(config, rule_name, ipc_of(wc), getattr(wc, "arch", None), attempt),
+        cpus_per_task=res.cpus(config, rule_name, threads_for(rule_name, default_threads)),
+    )
 
 
 def pool_members(pool):

@@ -22,7 +22,7 @@ rule distill:
         f"{R}/benchmarks/distill/{{method}}/ipc{{ipc}}/shard{{shard}}.tsv"
     threads: threads_for("distill")
     resources:
-        gpu=GPUS,
+        **job_resources("distill"),
     script:
         "../scripts/distill.py"
 
@@ -42,5 +42,7 @@ rule gather:
     benchmark:
         f"{R}/benchmarks/gather/{{method}}/ipc{{ipc}}.tsv"
     threads: 1
+    resources:
+        **job_resources("gather"),
     script:
         "../scripts/gather.py"

@@ -19,7 +19,7 @@ rule train_prior:
         f"{R}/benchmarks/train_prior/{{pool}}.tsv"
     threads: threads_for("train_prior", 2)
     resources:
-        gpu=GPUS,
+        **job_resources("train_prior", 2),
     script:
         "../scripts/train_prior.py"
 
@@ -39,7 +39,7 @@ rule pool_member:
         f"{R}/benchmarks/pool_member/{{pool}}/{{member}}.tsv"
     threads: threads_for("pool_member")
     resources:
-        gpu=GPUS,
+        **job_resources("pool_member"),
     script:
         "../scripts/pool_member.py"
 

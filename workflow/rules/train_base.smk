@@ -15,6 +15,6 @@ rule train_base:
         f"{R}/benchmarks/train_base/{{arch}}.tsv"
     threads: threads_for("train_base", 2)
     resources:
-        gpu=GPUS,
+        **job_resources("train_base", 2),
     script:
         "../scripts/train_base.py"

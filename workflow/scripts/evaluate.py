@@ -3,6 +3,6 @@ from teddy.runner import stage
 
 with stage(snakemake):
     w = snakemake.wildcards
-    stages.evaluate(snakemake.config, w.method, int(w.ipc), w.arch, int(w.seed), snakemake.input.distilled,
-                    snakemake.input.teacher, snakemake.output[0], snakemake.params.checkpoint,
-                    soft_labels_path=(list(snakemake.input.soft_labels) or [None])[0])
+    stages.evaluate(snakemake.config, w.method, int(w.ipc), w.arch, int(w.seed), w.labels, snakemake.input.distilled,
+                    (list(snakemake.input.teacher) or [None])[0], snakemake.output[0], snakemake.params.checkpoint,
+                    label_store_meta=(list(snakemake.input.soft_labels) or [None])[0])

@@ -21,6 +21,7 @@ METHODS = {
     "sre2l": "teddy.methods.sre2l",
     "bilevel": "teddy.methods.bilevel",
     "herding": "teddy.methods.herding",
+    "import": "teddy.methods.imported",
     "rded": "teddy.methods.rded",
 }
 

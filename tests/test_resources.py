@@ -1,0 +1,57 @@
+"""Cluster resources computed from config/imagenet1k.yaml: read back from a dry run."""
+
+import re
+import shutil
+
+import yaml
+
+from teddy import resources
+from test_workflow import REPO, snakemake
+
+
+def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml"):
+    work = tmp_path / "w"
+    shutil.copytree(REPO / "config", work / "config")
+    proc = snakemake(work, "-n", "--configfile", str(work / "config" / config_file))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    jobs = {}
+    for block in re.split(r"\n(?=rule \w+:)", proc.stdout + proc.stderr):
+        rule = re.match(r"rule (\w+):", block)
+        output = re.search(r"output: ([^\s,]+)", block)
+        found = re.search(r"resources: (.*)", block)
+        if rule and output and found:
+            values = dict(kv.split("=", 1) for kv in found.group(1).split(", "))
+            jobs[output.group(1)] = {"rule": rule.group(1), **values}
+    return jobs
+
+
+def test_imagenet1k_resources_grow_with_ipc_and_architecture(tmp_path):
+    jobs = _dry_run_resources(tmp_path)
+    ev = lambda ipc, arch: jobs[f"results/imagenet1k/eval/teddy/ipc{ipc}/{arch}/online_kd/seed0.json"]
+    for arch in ("resnet18", "resnet50", "resnet101", "mobilenet_v2"):
+        assert int(ev(10, arch)["runtime"]) < int(ev(50, arch)["runtime"]) < int(ev(100, arch)["runtime"])
+        assert int(ev(10, arch)["mem_mb"]) < int(ev(100, arch)["mem_mb"])
+        assert ev(10, arch)["gpu"] == "1"
+    assert int(ev(50, "resnet18")["runtime"]) < int(ev(50, "resnet50")["runtime"]) < int(ev(50, "resnet101")["runtime"])
+    assert int(ev(50, "resnet18")["cpus_per_task"]) == 16 + 16  # threads + dataset.num_workers
+    # distillation is sharded (distill.batches_per_shard): a job is one shard whatever the IPC, so
+    # its request is flat in IPC while the number of jobs grows with it
+    shards = lambda ipc: [j for o, j in jobs.items() if j["rule"] == "distill" and f"/teddy/ipc{ipc}/" in o]
+    assert len(shards(10)) < len(shards(50)) < len(shards(100))
+    assert len({(j["runtime"], j["mem_mb"]) for ipc in (10, 50, 100) for j in shards(ipc)}) == 1
+    assert int(shards(100)[0]["mem_mb"]) < 16000 and shards(100)[0]["gpu"] == "1"
+
+
+def test_a_retry_asks_for_more():
+    cfg = yaml.safe_load((REPO / "config" / "imagenet1k.yaml").read_text())
+    for rule in ("train_base", "pool_member", "distill", "relabel", "evaluate"):
+        first = resources.runtime_min(cfg, rule, 50, "resnet50", attempt=1), resources.mem_mb(cfg, rule, 50, attempt=1)
+        second = resources.runtime_min(cfg, rule, 50, "resnet50", attempt=2), resources.mem_mb(cfg, rule, 50, attempt=2)
+        assert second[0] >= 2 * first[0] - 1 and second[1] > first[1], rule
+
+
+def test_the_cpu_demo_fits_the_test_node(tmp_path):
+    jobs = _dry_run_resources(tmp_path, "config.yaml")
+    for job in jobs.values():
+        if job["rule"] != "all":
+            assert int(job["mem_mb"]) <= 8000 and int(job.get("cpus_per_task", 1)) <= 2 and job.get("gpu", "0") == "0"

@@ -1,0 +1,107 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from teddy.data import TensorImageDataset
+from teddy.student_data import (MIX_CUTMIX, StudentData, load_student_set, mixed_cross_entropy, plan_epoch,
+                                roi_crop)
+
+CPU = torch.device("cpu")
+
+
+def _set(n=16, size=16):
+    torch.manual_seed(0)
+    return TensorImageDataset(torch.randn(n, 3, size, size), torch.arange(n) % 4, list("abcd"))
+
+
+def test_full_box_crop_is_the_identity():
+    x = torch.randn(3, 2, 9, 9)
+    assert torch.allclose(roi_crop(x, torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3)), x, atol=1e-5)
+
+
+def test_per_image_crops_differ_within_a_batch():
+    same = torch.randn(1, 3, 16, 16).repeat(8, 1, 1, 1)
+    data = TensorImageDataset(same, torch.zeros(8), ["a"])
+    plan = plan_epoch(8, 8, 16, {"crop": True, "crop_scale": [0.2, 0.6], "flip": False}, torch.Generator().manual_seed(1))
+    boxes = plan["boxes"]
+    assert boxes.shape == (8, 4) and len({tuple(b.tolist()) for b in boxes}) == 8
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    assert ((areas > 0.2 - 1e-6) & (areas < 0.6 + 1e-6)).all()
+    (mb,) = list(StudentData(data, 16, CPU).epoch(plan))
+    flat = mb.x.flatten(1)
+    # one image in, eight different crops out
+    assert all(not torch.allclose(flat[i], flat[j]) for i in range(8) for j in range(i + 1, 8))
+
+
+def test_cutmix_mixes_labels_in_proportion_to_the_pasted_area():
+    n, size = 8, 16
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, size, size).clone()
+    data = TensorImageDataset(images, torch.arange(n) % 4, list("abcd"))
+    plan = plan_epoch(n, n, size, {"crop": False, "flip": False, "cutmix": 1.0}, torch.Generator().manual_seed(3))
+    (mb,) = list(StudentData(data, size, CPU).epoch(plan))
+    assert mb.mix_kind == MIX_CUTMIX and 0 < mb.lam < 1
+    value = plan["order"].float()  # image at batch position i is images[order[i]], all pixels = order[i]
+    for i in range(n):
+        partner = int(mb.local_perm[i])
+        if partner == i:
+            continue
+        own = (mb.x[i] == value[i]).float().mean().item()
+        assert own == pytest.approx(mb.lam, abs=1e-6)  # the share of the image that stays its own
+        assert (mb.x[i] == value[partner]).float().mean().item() == pytest.approx(1 - mb.lam, abs=1e-6)
+    logits = torch.randn(n, 4)
+    soft = mb.lam * F.one_hot(mb.y, 4) + (1 - mb.lam) * F.one_hot(mb.y[mb.local_perm], 4)
+    expected = -(soft * F.log_softmax(logits, 1)).sum(1).mean()
+    assert torch.allclose(mixed_cross_entropy(logits, mb.y, mb), expected, atol=1e-6)
+
+
+def test_accumulation_chunks_cover_the_batch_and_mix_within_chunks():
+    plan = plan_epoch(10, 10, 16, {"crop": True, "mixup": 0.4}, torch.Generator().manual_seed(0), chunks=2)
+    parts = list(StudentData(_set(10), 16, CPU, accumulate=2).epoch(plan))
+    assert [len(p.y) for p in parts] == [5, 5] and [p.micro for p in parts] == [0, 1]
+    assert all(sorted(p.local_perm.tolist()) == list(range(5)) for p in parts)
+
+
+def test_streamed_png_set_gives_the_same_batches_as_in_memory(tmp_path):
+    from teddy.distilled_set import write_images, write_meta
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(6, 3, 12, 12) * 2 - 1, torch.tensor([0, 0, 1, 1, 2, 2])
+    write_images(tmp_path / "set/images", images, labels, [0, 1, 0, 1, 0, 1], [0.5] * 3, [0.5] * 3)
+    write_meta(tmp_path / "set", method="x", ipc=2, class_names=list("abc"), mean=[0.5] * 3, std=[0.5] * 3,
+               channels=3, image_size=12, config={})
+    memory, _ = load_student_set(tmp_path / "set/meta.json")
+    streamed, meta = load_student_set(tmp_path / "set/meta.json", in_memory_max_mb=0)
+    assert isinstance(memory, TensorImageDataset) and not isinstance(streamed, TensorImageDataset)
+    plan = plan_epoch(6, 4, 12, {"crop": False, "flip": True, "max_shift": 1}, torch.Generator().manual_seed(0))
+    a = list(StudentData(memory, 12, CPU).epoch(plan))
+    b = list(StudentData(streamed, 12, CPU, mean=meta["mean"], std=meta["std"]).epoch(plan))
+    for x, y in zip(a, b):
+        assert torch.equal(x.y, y.y) and torch.allclose(x.x, y.x, atol=1e-6)
+    # with crops, the streamed path crops the stored image in the worker: same boxes, close pixels
+    plan = plan_epoch(6, 6, 12, {"crop": True, "crop_scale": [0.5, 1.0], "flip": False}, torch.Generator().manual_seed(0))
+    (a,) = StudentData(memory, 12, CPU).epoch(plan)
+    (b,) = StudentData(streamed, 12, CPU, mean=meta["mean"], std=meta["std"]).epoch(plan)
+    assert a.x.shape == b.x.shape and (a.x - b.x).abs().mean() < 0.3
+
+
+def test_base_training_crops_folder_images_at_full_resolution(tmp_path):
+    from fixtures import write_image_folder
+
+    from teddy.data import dataset_info, load_split
+    from teddy.models import build_model
+    from teddy.train import train_model
+
+    root = write_image_folder(tmp_path / "tiny", per_class=4, size=96)  # larger than the 64-px training size
+    cfg = {"name": "tiny_imagenet", "root": str(root), "val_fraction": 0.0, "num_workers": 1}
+    train = load_split(cfg, "train")
+    info = dataset_info(cfg)
+    plan = plan_epoch(len(train), 6, 64, {"crop": True, "crop_scale": [0.1, 0.2], "flip": False},
+                      torch.Generator().manual_seed(0))
+    first = next(StudentData(train, 64, CPU, mean=info.mean, std=info.std, num_workers=1).epoch(plan))
+    assert first.x.shape == (6, 3, 64, 64)
+    whole = torch.stack([train[int(i)][0] for i in plan["order"][:6]])  # the resized, uncropped images
+    assert not torch.allclose(first.x, whole, atol=0.1)
+    history = train_model(build_model("convnet", 3, 3, 64, depth=1, width=4), train,
+                          {"epochs": 1, "batch_size": 6, "lr": 0.01, "augment": {"crop": True, "flip": True}},
+                          CPU, info=info)
+    assert len(history) == 1 and history[0]["loss"] > 0
