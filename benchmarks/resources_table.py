@@ -14,6 +14,7 @@ import yaml
 
 from teddy import resources as res
 from teddy.pool import member_names
+from teddy.shards import shard_count
 
 
 def jobs(cfg: dict):
@@ -24,9 +25,13 @@ def jobs(cfg: dict):
     methods, seeds = cfg["distill"]["methods"], ev["seeds"]
     pools = {r["pool"] for r in methods.values() if r.get("pool")}
     yield "train_base", 1, cfg["base"]["arch"], 1
+    own_runs = sum(1 for p in pools if cfg["pools"][p].get("recipe"))
+    if own_runs:
+        yield "train_prior", 1, cfg["base"]["arch"], own_runs
     yield "pool_member", 1, None, sum(len(member_names(cfg["pools"][p])) for p in pools)
     for ipc in cfg["distill"]["ipc"]:
-        yield "distill", ipc, None, len(methods)
+        yield "distill", ipc, None, sum(shard_count(cfg, m, ipc) for m in methods)  # one job per shard
+        yield "gather", ipc, None, len(methods)
         if "stored" in labels:
             yield "relabel", ipc, None, len(methods) * len(seeds)
         for arch in ev["students"]:
@@ -49,7 +54,7 @@ def main() -> None:
             gpus = res.gpus(cfg, rule)
             hours = count * runtime * gpus / 60
             total += hours
-            print(f"| {rule} | {ipc if rule not in ('train_base', 'pool_member') else '-'} | {arch or '-'} | {count} | "
+            print(f"| {rule} | {ipc if rule not in ('train_base', 'train_prior', 'pool_member') else '-'} | {arch or '-'} | {count} | "
                   f"{res.mem_mb(cfg, rule, ipc)} | {runtime} | {res.cpus(cfg, rule, threads(cfg, rule))} | {gpus} | "
                   f"{hours:.1f} |")
         print(f"total: {total:.0f} GPU-hours (requested upper bounds)")

@@ -225,6 +225,7 @@ def test_whole_dag_on_a_generated_image_folder(tmp_path, channels):
     assert images.shape == (7, channels, 20, 20) and meta["mean"] == pytest.approx(stats["mean"])
     assert meta["class_names"] == classes and sorted(labels.tolist()) == list(range(7))
     table = pd.read_csv(R / "tables/accuracy.csv")
+    table = table[table["kind"] == "measured"]  # published rows of the same dataset name may sit beside ours
     ipcs, students = cfg["distill"]["ipc"], cfg["evaluate"]["students"]
     assert len(table) == 2 * len(ipcs) * len(students) and table["mean"].between(0, 100).all()
     assert (table["seeds"] == 1).all()

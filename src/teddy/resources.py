@@ -12,9 +12,10 @@ minutes, cpus_per_task, gpu); a retried job (Snakemake's `attempt` = 2, 3, ...) 
     train_base / pool      = 1.5 x epochs x train images / images/s (base arch) + 10 min
     ceiling                = 1.5 x ceiling epochs x train images / images/s (student) + 10 min
     train_prior            = as train_base, with the prior pool's own recipe (pools.<name>.recipe)
-    distill runtime        = 1.5 x iterations x images of one job x 3 / images/s (base arch) + 10 min
-                             (every synthetic image: one forward and backward of a pool member
-                             per iteration, about 3 forwards); images of one job = the set
+    distill runtime        = 1.5 x iterations x images of one job / images/s (base arch) + 10 min
+                             (one synthetic image-iteration costs about one student training
+                             image: measured 29 s per 1000 steps of a batch of 100 on ResNet-18,
+                             H100, benchmarks/gpu_distill_batch.py); images of one job = the set
                              (IPC x classes), or batches_per_shard x batch_size when sharded
     evaluate memory        = 3 GB + set in memory (IPC x classes x C x H x W x 4 B when below
                              evaluate.in_memory_max_mb, else 0) + per worker (0.5 GB + 2
@@ -24,9 +25,8 @@ minutes, cpus_per_task, gpu); a retried job (Snakemake's `attempt` = 2, 3, ...) 
     gather                 = 2 GB, 10 min + 1 min per 10,000 images (hard links, hashing)
     cpus_per_task          = the rule's threads + DataLoader workers (dataset.num_workers)
 
-The throughputs are assumptions for an A100/H100-class GPU until benchmarks/
-gpu_student_throughput.py measures them (docs/eval_scale.md); a runtime under-estimate only
-costs a retry, which doubles it.
+The GPU throughputs were measured on one H100 (docs/eval_scale.md); on slower GPUs a runtime
+under-estimate costs a retry, which doubles it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ from teddy.errors import TeddyError
 from teddy.image_folder import class_folders, is_folder_dataset, setting
 
 # images per second of training (forward + backward, plus the teacher's forward) at 224 px on one GPU
-STUDENT_IMAGES_PER_S = {"resnet18": 2500.0, "resnet50": 900.0, "resnet101": 550.0, "mobilenet_v2": 1800.0}
+# measured on one H100 (benchmarks/gpu_student_throughput.py, batch 256, 2026-11-24: 3412 / 2137 /
+# 1648 / 2664), rounded down
+STUDENT_IMAGES_PER_S = {"resnet18": 3400.0, "resnet50": 2100.0, "resnet101": 1600.0, "mobilenet_v2": 2600.0}
 DEFAULT_IMAGES_PER_S = 1500.0
 CPU_IMAGES_PER_S = 400.0  # small convnets on 28-32 px images, 2 cores
 TRAIN_IMAGES = {"fashion_mnist": 54000, "cifar10": 45000, "cifar100": 45000, "tiny_imagenet": 98000,
@@ -116,7 +118,7 @@ def runtime_min(cfg: dict, rule: str, ipc: int = 1, arch: str | None = None, att
         seconds = int(cfg["ceiling"]["recipe"]["epochs"]) * train / images_per_s(cfg, arch)
     elif rule == "distill":
         iterations = max([int(m.get("iterations", 1000)) for m in cfg["distill"]["methods"].values()] + [1])
-        seconds = iterations * _distill_job_images(cfg, ipc) * 3 / images_per_s(cfg, base_arch)
+        seconds = iterations * _distill_job_images(cfg, ipc) / images_per_s(cfg, base_arch)
     elif rule == "gather":
         seconds = _set_images(cfg, ipc) / 10000 * 60 / SAFETY
     return int(math.ceil((SAFETY * seconds / 60.0 + OVERHEAD_MIN) * attempt))
