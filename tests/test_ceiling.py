@@ -35,7 +35,7 @@ def test_ceiling_trains_on_the_whole_training_split(tmp_path, fmnist_root, one_t
 def test_fashion_mnist_paper_config_dry_runs_with_every_job(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "fashion_mnist_paper.yaml").read_text())
     assert cfg["distill"]["ipc"] == [1, 10, 50] and len(cfg["evaluate"]["seeds"]) == 3
-    assert set(cfg["distill"]["methods"]) == {"teddy", "sre2l", "herding", "random"}
+    assert set(cfg["distill"]["methods"]) == {"teddy", "sre2l", "herding", "random", "rded"}
     assert set(cfg["evaluate"]["labels"]) == {"online_kd", "hard"}
     assert {"convnet", "resnet10_w16"} <= set(cfg["evaluate"]["students"])
     proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "fashion_mnist_paper.yaml"))
@@ -43,6 +43,6 @@ def test_fashion_mnist_paper_config_dry_runs_with_every_job(tmp_path):
     counts = job_counts(proc.stdout + proc.stderr)
     # one evaluate job per label protocol once evaluate's output path has a {labels} level
     per_protocol = "{labels}" in (REPO / "workflow" / "rules" / "evaluate.smk").read_text()
-    assert counts["evaluate"] == 4 * 3 * 2 * 3 * (2 if per_protocol else 1)
-    assert counts["ceiling"] == 2 * 2 and counts["distill"] == 12 and counts["aggregate"] == 1
+    assert counts["evaluate"] == 5 * 3 * 2 * 3 * (2 if per_protocol else 1)
+    assert counts["ceiling"] == 2 * 2 and counts["distill"] == 15 and counts["aggregate"] == 1
     assert counts["pool_member"] == 3  # prior epochs 1, 2 and the single base model
