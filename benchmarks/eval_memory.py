@@ -71,7 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.child[0], args.child[1], args.workers)
-    print(f"| IPC | images | set as float32 (MB) | PNGs on disk (MB) | mode | peak RSS main (MB) | peak RSS largest worker (MB) | epoch (s) |")
+    print("| IPC | images | set as float32 (MB) | PNGs on disk (MB) | mode | peak RSS main (MB) | peak RSS largest worker (MB) | epoch (s) |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for ipc in args.ipcs:

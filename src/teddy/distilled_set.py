@@ -13,7 +13,6 @@ and reader agrees on one rounding (`to_uint8`).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np

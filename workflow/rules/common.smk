@@ -19,7 +19,6 @@ R = config["results_dir"]
 NORMALISATION_FILE = config["dataset"].setdefault("normalisation_file", f"{R}/data/normalisation.json")
 DATA = [NORMALISATION_FILE] if is_folder_dataset(config["dataset"]) else []
 BASE_ARCH = config["base"]["arch"]
-GPUS = int(config.get("gpus_per_job", 0))
 THREADS = config.get("threads", {})
 METHOD_NAMES = list(config["distill"]["methods"])
 IPCS = [int(i) for i in config["distill"]["ipc"]]
