@@ -1,21 +1,24 @@
 """Shards and gather (teddy.shard_store via teddy.stages): the set does not depend on the number
 of shards, the PNGs read back equal the quantised in-memory result, and a missing, duplicated or
-out-of-range shard is one clear line."""
+out-of-range shard is one clear line; the sample grid names each row's class."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from fixtures import write_fashion_mnist
 from teddy import stages
 from teddy.data import dataset_info, load_split
-from teddy.distilled_set import check_set, load_set_tensors, quantise
+from teddy.distilled_set import check_set, load_set_tensors, quantise, write_images
 from teddy.errors import TeddyError
 from teddy.io import load_json
 from teddy.methods import DistillTask, get_method
 from teddy.models import build_model
 from teddy.pool import load_pool, save_model
+from teddy.shard_store import sample_grid
 from teddy.shards import shard_count
 from teddy.train import recalibrate_bn
 
@@ -119,3 +122,27 @@ def test_missing_duplicated_or_out_of_range_shards_are_one_line(setup, tmp_path)
     (set_dir / "images" / "0007").rmdir()
     with pytest.raises(TeddyError, match="class folder 0007 is missing"):
         check_set(set_dir)
+
+
+def ink(gray: np.ndarray) -> np.ndarray:
+    """The dark pixels of a grayscale strip, cropped to their bounding box."""
+    ys, xs = np.nonzero(gray < 128)
+    assert len(ys), "no text drawn"
+    return gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1] < 128
+
+
+def test_sample_grid_writes_each_class_index_and_name_left_of_its_row(tmp_path):
+    names, ipc, size = ["T-shirt/top", "Trouser", "Pullover"], 2, 28
+    labels = torch.arange(len(names)).repeat_interleave(ipc)
+    # black images, so the white strip left of them holds only the names
+    write_images(tmp_path / "images", torch.zeros(len(labels), 1, size, size), labels,
+                 [j for _ in names for j in range(ipc)], mean=[0.0], std=[1.0])
+    sample_grid(tmp_path / "images", names, ipc, tmp_path / "grid.png")
+    grid = np.asarray(Image.open(tmp_path / "grid.png").convert("L"))
+    first_image_column = int(np.nonzero((grid[:size] == 0).all(axis=0))[0][0])
+    assert grid.shape[0] == len(names) * (size + 2)
+    for c, name in enumerate(names):
+        strip = grid[c * (size + 2):c * (size + 2) + size, :first_image_column]
+        expected = Image.new("L", (200, size), 255)
+        ImageDraw.Draw(expected).text((0, 0), f"{c}: {name}", fill=0)
+        assert np.array_equal(ink(strip), ink(np.asarray(expected))), f"row {c} does not read '{c}: {name}'"
