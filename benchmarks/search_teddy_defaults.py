@@ -1,11 +1,13 @@
 """Choose the default teddy settings of config/config.yaml by a small search on a validation
 split held out of the training set (never the test set).
 
-Reuses the base model and prior snapshots of a finished default run (results/fashion_mnist),
-distills IPC 10 with each candidate, trains a ConvNet student with online KD from the base
-model, and scores it on the validation split. Prints a table and writes docs/search_teddy_defaults.md.
+Reuses the base model and prior snapshots of a finished run of --config (default: the demo's,
+results/fashion_mnist), distills IPC 10 with each candidate, trains a ConvNet student with online
+KD from the base model, and scores it on the validation split. Prints a table and writes --out.
 
     .venv/bin/python benchmarks/search_teddy_defaults.py [--threads 1] [--seeds 0 1]
+    .venv/bin/python benchmarks/search_teddy_defaults.py --config config/fashion_mnist_paper.yaml \
+        --pools 1,2 1,2,3 --inits real noise --iterations 300 1000 --out <page>.md
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import os
 import platform
 import time
 from pathlib import Path
@@ -51,6 +54,10 @@ def main():
     ap.add_argument("--ce-weights", type=float, nargs="+", default=[1.0])
     ap.add_argument("--crops", nargs="+", default=["on"], choices=["on", "off"],
                     help="random resized crop in the distillation augmentation")
+    ap.add_argument("--inits", nargs="+", default=["real"], choices=["real", "noise"],
+                    help="initialise the images from real ones or from noise (the paper's regime)")
+    ap.add_argument("--iterations", type=int, nargs="+", default=[None],
+                    help="optimisation steps per batch (default: the config's)")
     ap.add_argument("--out", default=str(REPO / "docs" / "search_teddy_defaults.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,8 +71,10 @@ def main():
     base_recipe = {k: v for k, v in cfg["distill"]["methods"]["teddy"].items() if k != "pool"}
 
     pools = {p: (None if p == "base" else [int(e) for e in p.split(",")]) for p in args.pools}
-    grid = [{"pool": p, "lr": lr, "alpha": a, "ce_weight": ce, "crop": c}
-            for p, lr, a, ce, c in itertools.product(pools, args.lrs, args.alphas, args.ce_weights, args.crops)]
+    grid = [{"pool": p, "lr": lr, "alpha": a, "ce_weight": ce, "crop": c, "init": i,
+             "iterations": it or base_recipe["iterations"]}
+            for p, lr, a, ce, c, i, it in itertools.product(pools, args.lrs, args.alphas, args.ce_weights, args.crops,
+                                                            args.inits, args.iterations)]
 
     rows = []
     random_task = DistillTask(real, info, None, args.ipc, {"method": "random"}, seed=0)
@@ -79,7 +88,7 @@ def main():
         pool = WeakPool([m for m in members], [str(e) for e in (pools[cand["pool"]] or ["base"])])
         augment = {**base_recipe["augment"], "crop": cand["crop"] == "on"}
         recipe = {**base_recipe, "lr": cand["lr"], "alpha": cand["alpha"], "ce_weight": cand["ce_weight"],
-                  "augment": augment, "log_every": 10_000}
+                  "init": cand["init"], "iterations": cand["iterations"], "augment": augment, "log_every": 10_000}
         task = DistillTask(real, info, pool, args.ipc, recipe, seed=0)
         t0 = time.perf_counter()
         out = get_method("teddy")(task)
@@ -87,7 +96,8 @@ def main():
         accs = [student_val_accuracy(cfg, out.images, out.labels, teacher, val_set, s, eval_recipe) for s in args.seeds]
         pool_label = "single base model" if pools[cand["pool"]] is None else f"snapshots of epochs {cand['pool']}"
         rows.append({"candidate": f"teddy, {pool_label}, lr={cand['lr']}, alpha={cand['alpha']}, "
-                                  f"ce_weight={cand['ce_weight']}, crop {cand['crop']}",
+                                  f"ce_weight={cand['ce_weight']}, crop {cand['crop']}, "
+                                  f"{cand['init']} init, {cand['iterations']} iterations",
                      "val_mean": 100 * sum(accs) / len(accs), "val_min": 100 * min(accs), "distill_s": seconds})
         print(rows[-1], flush=True)
 
@@ -97,8 +107,8 @@ def main():
         "# Search for the default teddy settings (validation split)", "",
         f"Run {datetime.date.today()} on {platform.machine()} ({torch.get_num_threads()} thread(s)), torch "
         f"{torch.__version__}, by `benchmarks/search_teddy_defaults.py`.", "",
-        f"IPC {args.ipc}, {base_recipe['iterations']} iterations, real initialisation; student: convnet "
-        f"with online KD from the base model, the evaluation recipe of config/config.yaml; scored on the "
+        f"IPC {args.ipc}; student: convnet with online KD from the base model, the evaluation recipe of "
+        f"{os.path.relpath(args.config, REPO)}; scored on the "
         f"{len(val_set)}-image validation split held out of the training set (the test set is never used); "
         f"seeds {args.seeds}.", "",
         table.to_markdown(index=False), "",
