@@ -16,6 +16,7 @@ rule ceiling:
         f"{R}/ceiling/{{arch}}/{{labels}}/seed{{seed}}.json",
     params:
         checkpoint=f"{R}/ceiling/{{arch}}/{{labels}}/seed{{seed}}.ckpt",
+        settings=settings_of("ceiling"),
     wildcard_constraints:
         labels="hard|online_kd",
     log:

@@ -5,6 +5,7 @@ from teddy.config import check_config
 from teddy.errors import TeddyError
 from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
+from teddy.provenance import stage_settings
 from teddy import resources as res
 from teddy.shards import shard_count
 
@@ -37,6 +38,12 @@ wildcard_constraints:
     pool=r"[^/]+",
     member=r"[^/]+",
     labels=r"online_kd|stored|hard",
+
+
+def settings_of(stage):
+    """A rule param: the config values the job's output depends on (teddy.provenance), so that
+    changing one reruns the jobs it affects and nothing else."""
+    return lambda wc: stage_settings(config, stage, **dict(wc.items()))
 
 
 def threads_for(rule_name, default=1):

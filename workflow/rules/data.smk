@@ -3,6 +3,8 @@
 rule normalisation:
     output:
         NORMALISATION_FILE,
+    params:
+        settings=settings_of("normalisation"),
     log:
         f"{R}/logs/normalisation.log",
     benchmark:

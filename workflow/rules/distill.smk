@@ -16,6 +16,7 @@ rule distill:
         done=f"{R}/distilled/{{method}}/ipc{{ipc}}/shards/{{shard}}/done.json",
     params:
         shard_dir=f"{R}/distilled/{{method}}/ipc{{ipc}}/shards/{{shard}}",
+        settings=settings_of("distill"),
     log:
         f"{R}/logs/distill/{{method}}/ipc{{ipc}}/shard{{shard}}.log",
     benchmark:

@@ -13,6 +13,7 @@ rule evaluate:
         f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.json",
     params:
         checkpoint=f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.ckpt",
+        settings=settings_of("evaluate"),
     log:
         f"{R}/logs/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.log",
     benchmark:

@@ -13,6 +13,7 @@ rule train_prior:
     params:
         snapshots=f"{R}/pool/{{pool}}/run/snapshots",
         checkpoint=f"{R}/pool/{{pool}}/run/train.ckpt",
+        settings=settings_of("train_prior"),
     log:
         f"{R}/logs/train_prior/{{pool}}.log",
     benchmark:
@@ -33,6 +34,7 @@ rule pool_member:
         f"{R}/pool/{{pool}}/members/{{member}}.pt",
     params:
         checkpoint=f"{R}/pool/{{pool}}/members/{{member}}.ckpt",
+        settings=settings_of("pool_member"),
     log:
         f"{R}/logs/pool_member/{{pool}}/{{member}}.log",
     benchmark:

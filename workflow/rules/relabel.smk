@@ -8,6 +8,8 @@ rule relabel:
         teacher=f"{R}/base/{BASE_ARCH}/model.pt",
     output:
         f"{R}/distilled/{{method}}/ipc{{ipc}}/soft_labels/seed{{seed}}/meta.json",
+    params:
+        settings=settings_of("relabel"),
     log:
         f"{R}/logs/relabel/{{method}}/ipc{{ipc}}/seed{{seed}}.log",
     benchmark:

@@ -9,6 +9,7 @@ rule train_base:
     params:
         snapshots=f"{R}/base/{{arch}}/snapshots",
         checkpoint=f"{R}/base/{{arch}}/train.ckpt",
+        settings=settings_of("train_base"),
     log:
         f"{R}/logs/train_base/{{arch}}.log",
     benchmark:
