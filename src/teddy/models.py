@@ -136,6 +136,11 @@ for _name, _ctor in {"resnet18": tvm.resnet18, "resnet50": tvm.resnet50, "resnet
                                                                                             in_channels))
 
 
+def arch_spec(cfg: dict, arch: str) -> dict:
+    """A registry name with its `arch_options` from the config: what model_from_spec builds."""
+    return {"arch": arch, **(cfg.get("arch_options") or {}).get(arch, {})}
+
+
 def model_from_spec(spec: dict, info) -> nn.Module:
     """Build from a config entry {arch: name, options...} and a DatasetInfo."""
     spec = dict(spec)

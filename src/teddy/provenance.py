@@ -10,16 +10,14 @@ cell reruns nothing; so are paths and worker counts, which change where or how f
 
 from __future__ import annotations
 
+from teddy.models import arch_spec
+
 # dataset keys that say where the data is or how fast it is read, not what it is
 _DATASET_LOCATION_KEYS = ("root", "download", "num_workers", "normalisation_file")
 
 
 def dataset_settings(cfg: dict) -> dict:
     return {k: v for k, v in cfg["dataset"].items() if k not in _DATASET_LOCATION_KEYS}
-
-
-def arch_settings(cfg: dict, arch: str) -> dict:
-    return {"arch": arch, **(cfg.get("arch_options") or {}).get(arch, {})}
 
 
 def stage_settings(cfg: dict, stage: str, **wildcards) -> dict:
@@ -29,21 +27,21 @@ def stage_settings(cfg: dict, stage: str, **wildcards) -> dict:
     if stage == "normalisation":
         return {"dataset": data}
     if stage == "train_base":
-        return {"dataset": data, "base": base, "model": arch_settings(cfg, base["arch"])}
+        return {"dataset": data, "base": base, "model": arch_spec(cfg, base["arch"])}
     if stage in ("train_prior", "pool_member"):
-        return {"dataset": data, "base": base, "model": arch_settings(cfg, base["arch"]),
+        return {"dataset": data, "base": base, "model": arch_spec(cfg, base["arch"]),
                 "pool": cfg["pools"][wildcards["pool"]]}
     if stage == "distill":
         recipe = cfg["distill"]["methods"][wildcards["method"]]
         pool = recipe.get("pool")
         return {"dataset": data, "recipe": recipe, "seed": cfg["distill"].get("seed", 0),
-                "pool": cfg["pools"][pool] if pool else None, "model": arch_settings(cfg, base["arch"])}
+                "pool": cfg["pools"][pool] if pool else None, "model": arch_spec(cfg, base["arch"])}
     if stage in ("relabel", "evaluate"):
         ev = cfg["evaluate"]
         settings = {"dataset": data, "recipe": ev["recipe"], "keep_topk": ev.get("keep_topk")}
         if stage == "evaluate":
-            settings["model"] = arch_settings(cfg, wildcards["arch"])
+            settings["model"] = arch_spec(cfg, wildcards["arch"])
         return settings
     if stage == "ceiling":
-        return {"dataset": data, "recipe": cfg["ceiling"]["recipe"], "model": arch_settings(cfg, wildcards["arch"])}
+        return {"dataset": data, "recipe": cfg["ceiling"]["recipe"], "model": arch_spec(cfg, wildcards["arch"])}
     raise ValueError(f"no settings for stage '{stage}'")

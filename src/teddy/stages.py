@@ -20,7 +20,7 @@ from teddy.io import atomic_path, load_json, save_json, save_text
 from teddy.label_store import LabelStore, write_label_store
 from teddy.methods import DistillTask, get_method, per_batch
 from teddy.methods.base import SyntheticBatch
-from teddy.models import model_from_spec
+from teddy.models import arch_spec, model_from_spec
 from teddy.pool import (FreshModelPool, choose_snapshot, load_model, load_pool, manifest_row, prune_channels,
                         save_model, write_manifest)
 from teddy.pretrained import load_pretrained
@@ -35,10 +35,6 @@ from teddy.shard_store import ShardWriter
 from teddy.shard_store import gather as gather_shards
 from teddy.shards import method_shards
 from teddy.train import evaluate_accuracy, recalibrate_bn, remove_checkpoint, resolve_device, train_model
-
-
-def arch_spec(cfg: dict, arch: str) -> dict:
-    return {"arch": arch, **(cfg.get("arch_options") or {}).get(arch, {})}
 
 
 def build(cfg: dict, arch: str, seed: int | None = None):
