@@ -3,8 +3,8 @@ import torch
 
 from teddy.data import TensorImageDataset
 from teddy.errors import TeddyError
-from teddy.models import build_model
 from teddy.losses import kd_loss
+from teddy.models import build_model
 from teddy.train import evaluate_accuracy, fit, recalibrate_bn, targets_for
 
 CPU = torch.device("cpu")
