@@ -88,6 +88,7 @@ class Targets:
     method the loop calls, for one micro-batch."""
 
     kd = False
+    hard_weight, temperature, device = 1.0, 4.0, None  # until `configure`
 
     def configure(self, recipe: dict, device: torch.device) -> "Targets":
         self.device = device
@@ -119,7 +120,7 @@ class HardLabels(Targets):
 class TeacherTargets(Targets):
     """Online KD: the teacher run, in eval mode, on each augmented micro-batch."""
 
-    kd = True
+    kd, hard_weight = True, 0.0
 
     def __init__(self, teacher: nn.Module):
         self.teacher = teacher
@@ -137,7 +138,7 @@ class StoredTargets(Targets):
     """Stored KD (teddy.label_store): the stored plans and teacher logits replace the drawn
     ones, so no teacher is needed and the student sees what the online run would."""
 
-    kd = True
+    kd, hard_weight = True, 0.0
 
     def __init__(self, store: LabelStore):
         self.store = store
@@ -166,7 +167,9 @@ def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torc
                     amp: bool = False, guard: Resumable | None = None, desc: str = "train", epoch: int = 0) -> float:
     """One epoch over `batches` (teddy.student_data MicroBatches, `accumulate` per optimiser step);
     `model` may be DDP-wrapped (gradients all-reduced on the last micro-batch of a batch only).
-    Returns the mean loss over every image of the epoch, summed over processes."""
+    Returns the mean loss over every image of the epoch, summed over processes. `guard` (the
+    run's checkpoint) names the checkpoint kept when a loss is not finite."""
+    guard = guard if guard is not None else Resumable(None, {})
     model.train()
     total_loss, seen = 0.0, 0
     for mb in batches:
@@ -179,8 +182,7 @@ def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torc
             with autocast_for(device, amp):
                 logits = model(x)
                 loss = targets.loss(logits, x, mb)
-            if guard is not None:
-                guard.check_finite(loss, desc, f"epoch {epoch + 1}, step {mb.step + 1}")
+            guard.check_finite(loss, desc, f"epoch {epoch + 1}, step {mb.step + 1}")
             # each share weighted by its size: the update is that of the whole batch's mean loss
             (loss * (len(mb.y) * world / mb.batch_size)).backward()
         if last:
