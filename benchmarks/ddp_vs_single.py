@@ -21,7 +21,7 @@ import torch
 from teddy.data import TensorImageDataset
 from teddy.distributed import init_from_env, is_main, launch
 from teddy.models import build_model
-from teddy.train import evaluate_accuracy, train_model
+from teddy.train import evaluate_accuracy, fit, targets_for
 
 RECIPE = {"epochs": 30, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "temperature": 4.0,
           "hard_label_weight": 0.5, "augment": {"crop": True, "crop_scale": [0.5, 1.0], "flip": True}}
@@ -43,7 +43,7 @@ def run(norm: str, teacher_path: str, out: str) -> None:
     teacher.load_state_dict(torch.load(teacher_path))
     torch.manual_seed(2)
     student = build_model("convnet", 10, 1, 28, depth=2, width=8, norm=norm)
-    history = train_model(student, data(1), RECIPE, device, seed=3, teacher=teacher.eval())
+    history = fit(student, data(1), RECIPE, device, seed=3, targets=targets_for(teacher.eval()))
     if is_main():
         torch.save({"loss": [h["loss"] for h in history], "acc": evaluate_accuracy(student, data(2), device)}, out)
 
@@ -56,7 +56,7 @@ def main() -> None:
             one, two, teacher_path = (str(Path(tmp) / f"{name}_{norm}.pt") for name in ("one", "two", "teacher"))
             torch.manual_seed(1)
             teacher = build_model("convnet", 10, 1, 28, depth=2, width=16, norm=norm)
-            train_model(teacher, data(0), {**RECIPE, "epochs": 5, "hard_label_weight": 1.0}, torch.device("cpu"), seed=0)
+            fit(teacher, data(0), {**RECIPE, "epochs": 5, "hard_label_weight": 1.0}, torch.device("cpu"), seed=0)
             torch.save(teacher.state_dict(), teacher_path)
             run(norm, teacher_path, one)
             launch(2, "ddp_vs_single:run", norm, teacher_path, two)

@@ -15,7 +15,7 @@ import yaml
 
 from teddy.data import TensorImageDataset
 from teddy.models import build_model
-from teddy.train import train_model
+from teddy.train import fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def main() -> None:
         torch.manual_seed(2)
         student = build_model("convnet", 10, 1, 28, depth=3, width=32)
         t0 = time.perf_counter()
-        history = train_model(student, data, recipe, torch.device("cpu"), seed=0, teacher=teacher)
+        history = fit(student, data, recipe, torch.device("cpu"), seed=0, targets=targets_for(teacher))
         times.append(time.perf_counter() - t0)
     print(f"{recipe['epochs']} epochs: best of 3 {min(times):.2f} s (all: {', '.join(f'{t:.2f}' for t in times)}); "
           f"final loss {history[-1]['loss']:.6f}")

@@ -39,10 +39,11 @@ from pathlib import Path
 import torch
 
 from teddy.data import TensorImageDataset, dataset_info, load_split
-from teddy.methods import bilevel, sre2l, teddy
-from teddy.methods.base import DistillTask, initial_images, optimise_synthetic
+from teddy.methods import bilevel, full_recipe, teddy
+from teddy.methods.base import HARNESS_DEFAULTS, DistillTask, chosen_real, optimise_synthetic, start_batch
 from teddy.models import build_model
 from teddy.pool import WeakPool
+from teddy.shards import batch_plan
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -103,9 +104,11 @@ def conv_pool(size: int, info, width: int, device) -> WeakPool:
 
 
 def measure(name, k, task, loss_fn, warmup, repeats):
-    generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    images, labels = initial_images(task, generator)
+    # batch 0 started as the harness starts it (base.run_batches): real images, or noise for sre2l
+    labels, index_in_class = batch_plan(task.info.num_classes, task.ipc, int(task.recipe["batch_size"]))[0]
+    init = task.recipe.get("init", HARNESS_DEFAULTS["init"])
+    chosen = chosen_real(task, torch.Generator().manual_seed(task.seed)) if init == "real" else None
+    images, generator, _ = start_batch(task, 0, labels, index_in_class, chosen)
     meter = IterationMeter(loss_fn, task.device)
     task.recipe["iterations"] = warmup + repeats + 1  # the last call only closes the previous interval
     optimise_synthetic(task, images, labels, meter, generator, desc=f"{name} K={k}")
@@ -141,7 +144,7 @@ def measure_all(args) -> tuple[list[dict], str]:
         t = task(pool, {"matching": "gradient"})
         cache = teddy.real_gradients(pool, real, info.num_classes, 64, torch.Generator().manual_seed(1), device)
         rows.append(measure("teddy gradient", k, t, teddy.gradient_loss_fn(pool, cache), args.warmup, args.repeats))
-    t = task(conv_pool(1, info, args.width, device), {**sre2l.DEFAULTS, **common})
+    t = task(conv_pool(1, info, args.width, device), full_recipe(common, "sre2l"))
     rows.append(measure("sre2l", 1, t, teddy.statistics_loss_fn(t.recipe), args.warmup, args.repeats))
     for k in args.ks:
         t = task(None, {"unroll_steps": k, "inner_lr": 0.01, "real_batch_size": 256,

@@ -32,7 +32,7 @@ from teddy.data import TensorImageDataset, dataset_info, load_split
 from teddy.methods import DistillTask, get_method
 from teddy.pool import WeakPool, load_model, member_names
 from teddy.stages import build, student_recipe
-from teddy.train import evaluate_accuracy, train_model
+from teddy.train import evaluate_accuracy, fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -49,8 +49,8 @@ def base_and_pool(cfg, real):
     snapshots = {}
     model = build(cfg, cfg["base"]["arch"], seed=0)
     recipe = {**cfg["base"]["recipe"], "epochs": 2}
-    train_model(model, real, recipe, CPU, seed=0, desc="quick base",
-                on_epoch_end=lambda epoch, m, metrics: snapshots.update({epoch: copy.deepcopy(m).eval()}))
+    fit(model, real, recipe, CPU, seed=0, desc="quick base",
+        on_epoch_end=lambda epoch, m, metrics: snapshots.update({epoch: copy.deepcopy(m).eval()}))
     return model.eval(), WeakPool([snapshots[1]], ["epoch1"]), "trained here (2 epochs; pool: epoch-1 snapshot)"
 
 
@@ -112,8 +112,8 @@ def main():
         result, seconds, iterations = run_within_budget(method, task_for, args.budget)
         train_set = TensorImageDataset(result.images, result.labels, real.class_names)
         student = build(cfg, "convnet", seed=0)
-        train_model(student, train_set, student_recipe(cfg, len(train_set)), CPU, seed=0, teacher=base,
-                    desc=f"student {label}")
+        fit(student, train_set, student_recipe(cfg, len(train_set)), CPU, seed=0, targets=targets_for(base),
+            desc=f"student {label}")
         accuracy = evaluate_accuracy(student, test_set, CPU)
         rows.append({"method": label, "iterations": iterations, "distill_s": seconds, "test_acc": 100 * accuracy})
         print(rows[-1], flush=True)

@@ -1,7 +1,7 @@
 """Estimate the wall time of a config's run before making it: job counts from the config, per-job
 times measured here on short slices of each job's real training loop.
 
-Each training job is `teddy.train.train_model` over the data sizes of the config (random pixels
+Each training job is `teddy.train.fit` over the data sizes of the config (random pixels
 of the dataset's shape: the cost of a step does not depend on what the images show). A short
 slice of each is timed (a few epochs of a student, a few hundred batches of a whole-set run) and
 scaled to the recipe's length; one evaluation of the test set is added per job. Times are CPU
@@ -32,7 +32,7 @@ from teddy.models import model_from_spec
 from teddy.pool import WeakPool, member_names
 from teddy.report import ceiling_protocols, label_protocols
 from teddy.stages import student_recipe
-from teddy.train import evaluate_accuracy, train_model
+from teddy.train import evaluate_accuracy, fit, targets_for
 
 DEVICE = torch.device("cpu")
 
@@ -65,8 +65,8 @@ def train_seconds(cfg, arch, info, n_images, recipe, teacher_arch=None, slice_ep
     data = random_set(run_images, info, info.num_classes)
     short = {**recipe, "epochs": run_epochs, "eval_every": 0}
     teacher = model(cfg, teacher_arch, info) if teacher_arch else None
-    seconds = timed(lambda: train_model(model(cfg, arch, info), data, short, DEVICE, seed=0, teacher=teacher,
-                                        desc=f"slice {arch}"))
+    seconds = timed(lambda: fit(model(cfg, arch, info), data, short, DEVICE, seed=0, targets=targets_for(teacher),
+                                desc=f"slice {arch}"))
     return seconds * (epochs / run_epochs) * (n_images / run_images)
 
 

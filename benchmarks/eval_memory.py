@@ -41,7 +41,7 @@ def make_set(set_dir: Path, ipc: int) -> None:
 def child(set_dir: str, mode: str, workers: int) -> None:
     from teddy.models import build_model
     from teddy.student_data import load_student_set
-    from teddy.train import train_model
+    from teddy.train import fit
 
     torch.set_num_threads(1)
     limit = 1e9 if mode == "memory" else 0
@@ -51,7 +51,7 @@ def child(set_dir: str, mode: str, workers: int) -> None:
     recipe = {"epochs": 1, "batch_size": 50, "optimizer": "adamw", "lr": 1e-3,
               "augment": {"crop": True, "crop_scale": [0.08, 1.0], "flip": True}}
     t0 = time.perf_counter()
-    train_model(model, dataset, recipe, torch.device("cpu"), seed=0, info=info)
+    fit(model, dataset, recipe, torch.device("cpu"), seed=0, info=info)
     seconds = time.perf_counter() - t0
     main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     del dataset

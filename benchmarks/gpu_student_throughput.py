@@ -5,7 +5,7 @@ projected GPU-hours of that config's evaluation grid (methods x IPC x students x
 
     PYTHONPATH=src .venv/bin/python benchmarks/gpu_student_throughput.py [--batch 256] [--steps 20]
 
-Without CUDA it says so and exits 0. The whole loop is timed (teddy.train.train_model: host to
+Without CUDA it says so and exits 0. The whole loop is timed (teddy.train.fit: host to
 device copy, augmentation, teacher and student forward, backward, optimiser), second epoch only.
 """
 
@@ -20,7 +20,7 @@ import yaml
 
 from teddy.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, TensorImageDataset
 from teddy.models import build_model
-from teddy.train import train_model
+from teddy.train import fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,8 +37,8 @@ def images_per_second(arch: str, teacher, data, batch: int, device) -> float:
         stamps.append(time.perf_counter())
 
     torch.cuda.synchronize()
-    train_model(student, data, recipe, device, seed=0, teacher=teacher, on_epoch_end=stamp,
-                info=DatasetInfo("synthetic", 1000, 3, 224, IMAGENET_MEAN, IMAGENET_STD))
+    fit(student, data, recipe, device, seed=0, targets=targets_for(teacher), on_epoch_end=stamp,
+        info=DatasetInfo("synthetic", 1000, 3, 224, IMAGENET_MEAN, IMAGENET_STD))
     return len(data) / (stamps[1] - stamps[0])
 
 

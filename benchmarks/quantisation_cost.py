@@ -35,7 +35,7 @@ def main() -> None:
     from teddy.distilled_set import load_set_tensors, quantise
     from teddy.methods import DistillTask, get_method
     from teddy.pool import load_model, member_names
-    from teddy.train import evaluate_accuracy, resolve_device, train_model
+    from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
 
     cfg = yaml.safe_load(Path(args.configfile).read_text())
     R = Path(cfg["results_dir"])
@@ -75,8 +75,8 @@ def main() -> None:
         accuracy = []
         for version in (images, quantised):
             student = stages.build(cfg, args.arch, seed=seed)
-            train_model(student, TensorImageDataset(version, labels, real.class_names), student_recipe, device,
-                        seed=seed, teacher=teacher, desc=f"student seed {seed}")
+            fit(student, TensorImageDataset(version, labels, real.class_names), student_recipe, device,
+                seed=seed, targets=targets_for(teacher), desc=f"student seed {seed}")
             accuracy.append(100 * evaluate_accuracy(student, test_set, device))
         print(f"| {seed} | {accuracy[0]:.2f} | {accuracy[1]:.2f} | {accuracy[1] - accuracy[0]:+.2f} |")
 

@@ -34,7 +34,7 @@ from teddy.methods import DistillTask, get_method
 from teddy.models import build_model
 from teddy.pool import WeakPool
 from teddy.region_labels import RegionTeacher
-from teddy.train import evaluate_accuracy, train_model
+from teddy.train import evaluate_accuracy, fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,8 +74,8 @@ def main():
     t0 = time.perf_counter()
 
     teacher = convnet(info, 0)
-    train_model(teacher, train, {**cfg["base"]["recipe"], "epochs": args.teacher_epochs}, device, seed=0,
-                desc="teacher")
+    fit(teacher, train, {**cfg["base"]["recipe"], "epochs": args.teacher_epochs}, device, seed=0,
+        desc="teacher")
     teacher_acc = evaluate_accuracy(teacher, test, device)
     print(f"teacher test accuracy {teacher_acc:.4f}", file=sys.stderr)
 
@@ -96,7 +96,8 @@ def main():
         for name, (factor, kd_teacher) in variants.items():
             student_set = TensorImageDataset(sets[factor].images, sets[factor].labels, train.class_names)
             student = convnet(info, seed)
-            train_model(student, student_set, ev, device, seed=seed, teacher=kd_teacher, desc=f"student {name} {seed}")
+            fit(student, student_set, ev, device, seed=seed, targets=targets_for(kd_teacher),
+                desc=f"student {name} {seed}")
             accuracy[name].append(100 * evaluate_accuracy(student, test, device))
             print(name, seed, accuracy[name][-1], file=sys.stderr, flush=True)
     minutes = (time.perf_counter() - t0) / 60

@@ -28,7 +28,7 @@ from teddy.data import TensorImageDataset, dataset_info, load_split
 from teddy.methods import DistillTask, get_method
 from teddy.pool import WeakPool, load_model
 from teddy.stages import build
-from teddy.train import evaluate_accuracy, train_model
+from teddy.train import evaluate_accuracy, fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def student_val_accuracy(cfg, images, labels, teacher, val_set, seed, recipe):
     train_set = TensorImageDataset(images, labels, [])
     recipe = {**recipe, "batch_size": min(int(recipe["batch_size"]), len(train_set))}
     student = build(cfg, "convnet", seed=seed)
-    train_model(student, train_set, recipe, torch.device("cpu"), seed=seed, teacher=teacher, desc="student")
+    fit(student, train_set, recipe, torch.device("cpu"), seed=seed, targets=targets_for(teacher), desc="student")
     return evaluate_accuracy(student, val_set, torch.device("cpu"))
 
 

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from teddy.data import TensorImageDataset
 from teddy.models import build_model
-from teddy.train import train_model
+from teddy.train import fit, targets_for
 
 CPU = torch.device("cpu")
 # stated tolerance: float32 sums in another order (gradients all-reduced across processes)
@@ -38,7 +38,7 @@ def _worker(rank, world, port, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         teacher, student = _models()
-        history = train_model(student, _data(), RECIPE, CPU, seed=3, teacher=teacher)
+        history = fit(student, _data(), RECIPE, CPU, seed=3, targets=targets_for(teacher))
         if rank == 0:
             torch.save({"history": history, "state": student.state_dict()}, out)
     finally:
@@ -54,7 +54,7 @@ def _free_port():
 @pytest.mark.usefixtures("one_thread")
 def test_two_gloo_processes_equal_one_process(tmp_path):
     teacher, student = _models()
-    history = train_model(student, _data(), RECIPE, CPU, seed=3, teacher=teacher)
+    history = fit(student, _data(), RECIPE, CPU, seed=3, targets=targets_for(teacher))
     out = tmp_path / "ddp.pt"
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=False)
@@ -67,9 +67,9 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
 def test_accumulation_equals_one_big_batch():
     teacher, one = _models()
-    train_model(one, _data(), RECIPE, CPU, seed=3, teacher=teacher)
+    fit(one, _data(), RECIPE, CPU, seed=3, targets=targets_for(teacher))
     _, accumulated = _models()
-    train_model(accumulated, _data(), {**RECIPE, "accumulate": 2}, CPU, seed=3, teacher=teacher)
+    fit(accumulated, _data(), {**RECIPE, "accumulate": 2}, CPU, seed=3, targets=targets_for(teacher))
     for name, value in one.state_dict().items():
         assert torch.allclose(accumulated.state_dict()[name], value, atol=ATOL), name
 

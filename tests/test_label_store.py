@@ -6,7 +6,7 @@ from teddy.data import TensorImageDataset
 from teddy.errors import TeddyError
 from teddy.label_store import LabelStore, epoch_path, predicted_bytes_per_epoch, write_label_store
 from teddy.models import build_model
-from teddy.train import train_model
+from teddy.train import fit, targets_for
 
 CPU = torch.device("cpu")
 RECIPE = {"epochs": 3, "batch_size": 8, "optimizer": "adamw", "lr": 1e-2, "temperature": 4.0, "hard_label_weight": 0.5,
@@ -44,11 +44,11 @@ def _open(meta, data, set_hash="abc", keep_topk=None):
 def test_student_from_streamed_labels_equals_the_online_kd_student(tmp_path):
     data = _distilled()
     online, stored = _student(), _student()
-    online_history = train_model(online, data, RECIPE, CPU, seed=3, teacher=_teacher())
+    online_history = fit(online, data, RECIPE, CPU, seed=3, targets=targets_for(_teacher()))
     meta = _store(tmp_path, data)  # float32, every class: the same arithmetic as online
     assert sorted(p.name for p in meta.parent.iterdir()) == ["epoch0000.pt", "epoch0001.pt", "epoch0002.pt",
                                                              "meta.json"]
-    stored_history = train_model(stored, data, RECIPE, CPU, seed=3, label_store=_open(meta, data))
+    stored_history = fit(stored, data, RECIPE, CPU, seed=3, targets=targets_for(label_store=_open(meta, data)))
     assert [h["loss"] for h in stored_history] == [h["loss"] for h in online_history]
     for a, b in zip(online.state_dict().values(), stored.state_dict().values()):
         assert torch.equal(a, b)
@@ -63,7 +63,7 @@ def test_top_k_fp16_store_size_matches_the_formula(tmp_path):
     predicted = predicted_bytes_per_epoch(200, 10, 3, crop=True, mix=True)
     assert predicted <= measured <= predicted + 8192  # container and per-batch parameters: a few kB
     student = _student()
-    history = train_model(student, data, RECIPE, CPU, seed=3, label_store=_open(meta, data, keep_topk=3))
+    history = fit(student, data, RECIPE, CPU, seed=3, targets=targets_for(label_store=_open(meta, data, keep_topk=3)))
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
 
 
@@ -79,10 +79,10 @@ def test_bad_stores_are_one_line_errors(tmp_path):
     other = _store(tmp_path / "o", data, set_hash="zzz")
     epoch_path(meta.parent, 1).write_bytes(epoch_path(other.parent, 1).read_bytes())
     with pytest.raises(TeddyError, match="another set"):
-        train_model(_student(), data, RECIPE, CPU, seed=3, label_store=_open(meta, data))
+        fit(_student(), data, RECIPE, CPU, seed=3, targets=targets_for(label_store=_open(meta, data)))
     epoch_path(meta.parent, 1).unlink()
     with pytest.raises(TeddyError, match="epoch file missing: .*epoch0001.pt"):
-        train_model(_student(), data, RECIPE, CPU, seed=3, label_store=_open(meta, data))
+        fit(_student(), data, RECIPE, CPU, seed=3, targets=targets_for(label_store=_open(meta, data)))
 
 
 def test_streamed_png_set_student_from_the_store_equals_online(tmp_path):
@@ -97,10 +97,10 @@ def test_streamed_png_set_student_from_the_store_equals_online(tmp_path):
     streamed, _ = load_student_set(tmp_path / "set/meta.json", in_memory_max_mb=0)  # read by the loader, not held
     info = DatasetInfo("x", 10, 1, 28, (0.5,), (0.5,))
     online, stored = _student(), _student()
-    online_history = train_model(online, streamed, RECIPE, CPU, seed=3, teacher=_teacher(), info=info)
+    online_history = fit(online, streamed, RECIPE, CPU, seed=3, targets=targets_for(_teacher()), info=info)
     store = tmp_path / "store/meta.json"
     write_label_store(store, streamed, _teacher(), RECIPE, 3, CPU, set_hash=meta["set_hash"], num_classes=10,
                       image_size=28, mean=[0.5], std=[0.5], logits_dtype=torch.float32)
     labels = LabelStore(store, set_hash=meta["set_hash"], recipe=RECIPE, seed=3, chunks=1, num_images=20, num_classes=10)
-    stored_history = train_model(stored, streamed, RECIPE, CPU, seed=3, label_store=labels, info=info)
+    stored_history = fit(stored, streamed, RECIPE, CPU, seed=3, targets=targets_for(label_store=labels), info=info)
     assert [h["loss"] for h in stored_history] == [h["loss"] for h in online_history]

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from teddy.config import check_config
 from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.errors import TeddyError
-from teddy.methods import DistillTask, get_method
-from teddy.methods.rded import random_square_crops, select_patches, settings
+from teddy.methods import DistillTask, full_recipe, get_method
+from teddy.methods.rded import random_square_crops, select_patches
 from teddy.pool import WeakPool
 from teddy.region_labels import RegionTeacher, grid_cells
 
@@ -108,7 +108,7 @@ def test_chosen_patches_are_the_best_scored_ones_in_rank_order():
 def test_each_source_keeps_its_best_crop_and_the_class_keeps_its_best_sources():
     real = textured_set()
     observer = LinearObserver(0)
-    s = settings({"factor": 2, "crops_per_image": 4})
+    s = full_recipe({"method": "rded", "factor": 2, "crops_per_image": 4})
     images, count = real.images[real.targets == 1], 5
     crops, _ = random_square_crops(images, 4, SIZE // 2, s["crop_scale"], torch.Generator().manual_seed(7))
     scores = ce_of_padded(observer, crops.flatten(0, 1), 1).view(len(images), 4)

@@ -24,7 +24,7 @@ from teddy.methods.base import DistillTask, optimise_synthetic, select_real
 from teddy.methods.teddy import statistics_loss_fn
 from teddy.models import build_model
 from teddy.pool import WeakPool, save_model
-from teddy.train import recalibrate_bn, train_model
+from teddy.train import fit, recalibrate_bn
 from test_workflow import REPO, SNAKEMAKE, tiny_config, write_workdir
 
 CPU = torch.device("cpu")
@@ -47,14 +47,15 @@ from teddy.distilled_set import load_set_tensors
 from teddy.io import save_torch
 from teddy.models import build_model
 from teddy.pool import load_model
-from teddy.train import remove_checkpoint, train_model
+from teddy.resume import remove_checkpoint
+from teddy.train import fit, targets_for
 a = json.load(open(sys.argv[1]))
 images, labels, meta = load_set_tensors(a["distilled"])
 teacher, _ = load_model(a["teacher"])
 torch.manual_seed(1)
 student = build_model("convnet", num_classes=10, in_channels=1, image_size=28, depth=2, width=8)
-history = train_model(student, TensorImageDataset(images, labels, meta["class_names"]), a["recipe"],
-                      torch.device("cpu"), seed=1, teacher=teacher, checkpoint_path=a["out"] + "/student.ckpt")
+history = fit(student, TensorImageDataset(images, labels, meta["class_names"]), a["recipe"],
+              torch.device("cpu"), seed=1, targets=targets_for(teacher), checkpoint_path=a["out"] + "/student.ckpt")
 save_torch({"model": student.state_dict(), "history": history}, a["out"] + "/student.pt")
 remove_checkpoint(a["out"] + "/student.ckpt")
 """
@@ -188,7 +189,7 @@ def test_truncated_training_checkpoint_falls_back_then_starts_clean(fixture_dir,
             if epoch == crash_at:
                 raise Crash
         model = small_convnet(0)
-        train_model(model, real, recipe, CPU, seed=3, on_epoch_end=on_epoch_end, checkpoint_path=checkpoint)
+        fit(model, real, recipe, CPU, seed=3, on_epoch_end=on_epoch_end, checkpoint_path=checkpoint)
         return list(model.state_dict().values())
 
     reference = run(checkpoint=None)

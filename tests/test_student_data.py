@@ -89,7 +89,7 @@ def test_base_training_crops_folder_images_at_full_resolution(tmp_path):
 
     from teddy.data import dataset_info, load_split
     from teddy.models import build_model
-    from teddy.train import train_model
+    from teddy.train import fit
 
     root = write_image_folder(tmp_path / "tiny", per_class=4, size=96)  # larger than the 64-px training size
     cfg = {"name": "tiny_imagenet", "root": str(root), "val_fraction": 0.0, "num_workers": 1}
@@ -101,7 +101,7 @@ def test_base_training_crops_folder_images_at_full_resolution(tmp_path):
     assert first.x.shape == (6, 3, 64, 64)
     whole = torch.stack([train[int(i)][0] for i in plan["order"][:6]])  # the resized, uncropped images
     assert not torch.allclose(first.x, whole, atol=0.1)
-    history = train_model(build_model("convnet", 3, 3, 64, depth=1, width=4), train,
-                          {"epochs": 1, "batch_size": 6, "lr": 0.01, "augment": {"crop": True, "flip": True}},
-                          CPU, info=info)
+    history = fit(build_model("convnet", 3, 3, 64, depth=1, width=4), train,
+                  {"epochs": 1, "batch_size": 6, "lr": 0.01, "augment": {"crop": True, "flip": True}},
+                  CPU, info=info)
     assert len(history) == 1 and history[0]["loss"] > 0

@@ -3,8 +3,9 @@ import torch
 
 from teddy.data import TensorImageDataset
 from teddy.errors import TeddyError
+from teddy.losses import kd_loss
 from teddy.models import build_model
-from teddy.train import evaluate_accuracy, kd_loss, recalibrate_bn, train_model
+from teddy.train import evaluate_accuracy, fit, recalibrate_bn, targets_for
 
 CPU = torch.device("cpu")
 
@@ -24,7 +25,7 @@ def test_training_lowers_loss_and_learns():
     torch.manual_seed(0)
     model = build_model("convnet", 10, 1, 28, depth=2, width=8)
     data = _toy_set()
-    history = train_model(model, data, {**RECIPE, "epochs": 6}, CPU, seed=0)
+    history = fit(model, data, {**RECIPE, "epochs": 6}, CPU, seed=0)
     assert history[-1]["loss"] < history[0]["loss"]
     assert evaluate_accuracy(model, data, CPU) > 0.5
 
@@ -38,8 +39,8 @@ def test_kd_loss_zero_for_identical_logits_and_positive_otherwise():
 def test_training_with_teacher_runs_without_hard_labels():
     teacher = build_model("convnet", 10, 1, 28, depth=2, width=8)
     student = build_model("convnet", 10, 1, 28, depth=1, width=8)
-    history = train_model(student, _toy_set(40), {**RECIPE, "epochs": 2, "optimizer": "adamw", "lr": 1e-3},
-                          CPU, teacher=teacher)
+    history = fit(student, _toy_set(40), {**RECIPE, "epochs": 2, "optimizer": "adamw", "lr": 1e-3},
+                  CPU, targets=targets_for(teacher))
     assert len(history) == 2
 
 
@@ -48,7 +49,7 @@ def test_non_finite_loss_stops_with_epoch_and_step():
     data = _toy_set(40)
     data.images[0, 0, 0, 0] = float("nan")
     with pytest.raises(TeddyError, match="non-finite loss at epoch 1, step"):
-        train_model(model, data, {**RECIPE, "batch_size": 64}, CPU)
+        fit(model, data, {**RECIPE, "batch_size": 64}, CPU)
 
 
 def test_recalibrate_bn_moves_statistics_to_the_data():

@@ -1,4 +1,5 @@
-"""Matching terms of the Taylor-approximated objective (METHOD.md section 2)."""
+"""Matching terms of the Taylor-approximated objective (METHOD.md section 2), and the KD loss of
+the student loop."""
 
 from __future__ import annotations
 
@@ -73,3 +74,10 @@ def gradient_distance(synthetic_grads, real_grads) -> torch.Tensor:
     if total is None:
         raise ValueError("no parameter with more than one dimension to match")
     return total
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher/T || student/T) * T^2 (Hinton et al.), batch-mean."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)

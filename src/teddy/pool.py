@@ -238,7 +238,7 @@ class FreshModelPool:
             model = self.build().to(self.device).train()
         optimizer = make_optimizer(model.parameters(), self.recipe)
         data_rng = torch.Generator().manual_seed(seed)
-        # a fixed number of steps at constant lr (train_model counts epochs over a whole set)
+        # a fixed number of steps at constant lr (train.fit counts epochs over a whole set)
         for _ in range(self.steps):
             idx = torch.randint(len(self.real), (batch_size,), generator=data_rng)
             x, y = stack_items(self.real, idx)

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from teddy.distilled_set import class_folder, image_name, write_images, write_meta
 from teddy.errors import TeddyError
 from teddy.io import atomic_path, load_json, save_json
-from teddy.train import remove_checkpoint
+from teddy.resume import remove_checkpoint
 
 
 def settings_hash(settings: dict) -> str:

@@ -76,7 +76,7 @@ def method_shards(cfg: dict, method_name: str, ipc: int, classes: int) -> list[r
     recipe = full_recipe(cfg["distill"]["methods"][method_name])
     if not per_batch(recipe["method"]):
         return [range(1)]
-    n = num_batches(int(classes), int(ipc), int(recipe.get("batch_size", 100)))
+    n = num_batches(int(classes), int(ipc), int(recipe["batch_size"]))  # every per-batch method defaults it
     return shard_ranges(n, cfg["distill"].get("batches_per_shard"))
 
 

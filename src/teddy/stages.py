@@ -34,7 +34,8 @@ from teddy.report import (accuracy_table, ceiling_table, check_cells, collect_re
 from teddy.shard_store import ShardWriter
 from teddy.shard_store import gather as gather_shards
 from teddy.shards import method_shards
-from teddy.train import evaluate_accuracy, recalibrate_bn, remove_checkpoint, resolve_device, train_model
+from teddy.resume import remove_checkpoint
+from teddy.train import evaluate_accuracy, fit, recalibrate_bn, resolve_device, targets_for
 
 
 def build(cfg: dict, arch: str, seed: int | None = None):
@@ -73,9 +74,9 @@ def train_snapshots(cfg: dict, arch: str, recipe: dict, wanted_epochs, snapshot_
                        {"epoch": epoch, "val_accuracy": metrics.get("eval_accuracy")})
 
     t0 = time.perf_counter()
-    history = train_model(model, train_set, recipe, device, seed=seed, eval_set=val_set,
-                          on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=desc,
-                          info=dataset_info(cfg["dataset"]))
+    history = fit(model, train_set, recipe, device, seed=seed, eval_set=val_set,
+                  on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=desc,
+                  info=dataset_info(cfg["dataset"]))
     snapshots = {str(h["epoch"]): {"path": str(snapshot_dir / f"epoch{h['epoch']}.pt"),
                                    "val_accuracy": h["eval_accuracy"]} for h in history if h["epoch"] in wanted}
     return model, history, snapshots, time.perf_counter() - t0
@@ -143,8 +144,8 @@ def pool_member(cfg: dict, pool_name: str, member: str, base_model, base_metrics
         train_set = load_split(cfg["dataset"], "train")
         recipe = finetune_recipe(cfg, pool_cfg)
         seed = int(cfg["base"].get("seed", 0))
-        train_model(model, train_set, recipe, device, seed=seed, checkpoint_path=checkpoint,
-                    desc=f"fine-tune {pool_name}/{member}", info=info)
+        fit(model, train_set, recipe, device, seed=seed, checkpoint_path=checkpoint,
+            desc=f"fine-tune {pool_name}/{member}", info=info)
         recalibrate_bn(model, train_set, device, batches_to_use=int(pool_cfg.get("recalibrate_batches", 20)),
                        batch_size=int(recipe["batch_size"]), seed=seed)
         made_from = f"base pruned at ratio {ratio:g}"
@@ -297,8 +298,8 @@ def evaluate(cfg: dict, method_name: str, ipc: int, arch: str, seed: int, labels
         raise TeddyError(f"unknown evaluate.labels '{labels}' (online_kd, stored or hard)")
     student = build(cfg, arch, seed=int(seed))
     t0 = time.perf_counter()
-    train_model(student, train_set, recipe, device, seed=int(seed), teacher=teacher, checkpoint_path=checkpoint,
-                desc=f"student {arch} {method_name} ipc{ipc} {labels} seed{seed}", label_store=store, info=info)
+    fit(student, train_set, recipe, device, seed=int(seed), targets=targets_for(teacher, store),
+        checkpoint_path=checkpoint, desc=f"student {arch} {method_name} ipc{ipc} {labels} seed{seed}", info=info)
     result = {"method": method_name, "ipc": int(ipc), "arch": arch, "seed": int(seed), "labels": labels,
               "processes": processes, "train_seconds": time.perf_counter() - t0, "peak_gpu_mb": peak_gpu_memory_mb()}
     if is_main():
@@ -322,9 +323,9 @@ def ceiling(cfg: dict, arch: str, labels: str, seed: int, teacher_path, out_json
     teacher = load_model(teacher_path, what="teacher (base model)")[0] if labels == "online_kd" else None
     student = build(cfg, arch, seed=int(seed))
     t0 = time.perf_counter()
-    train_model(student, train_set, {"eval_every": 0, **cfg["ceiling"]["recipe"]}, device, seed=int(seed),
-                teacher=teacher, checkpoint_path=checkpoint, desc=f"ceiling {arch} {labels} seed{seed}",
-                info=dataset_info(cfg["dataset"]))
+    fit(student, train_set, {"eval_every": 0, **cfg["ceiling"]["recipe"]}, device, seed=int(seed),
+        targets=targets_for(teacher), checkpoint_path=checkpoint, desc=f"ceiling {arch} {labels} seed{seed}",
+        info=dataset_info(cfg["dataset"]))
     result = {"arch": arch, "labels": labels, "seed": int(seed), "train_images": len(train_set),
               "test_accuracy": evaluate_accuracy(student, load_split(cfg["dataset"], "test"), device),
               "train_seconds": time.perf_counter() - t0, "peak_gpu_mb": peak_gpu_memory_mb()}

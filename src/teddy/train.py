@@ -1,8 +1,11 @@
 """The one supervised training loop: base training, pool fine-tuning, ceilings and students.
 
-Hard labels, or knowledge distillation from a teacher (KL between temperature-softened
-outputs). Checkpoints are written atomically and a rerun resumes from the last one with the
-same optimiser, schedule and RNG state, so an interrupted run ends with the same numbers.
+`fit` sets a run up (optimiser, schedule, plan generator, checkpoint) and calls
+`train_one_epoch(model, batches, targets, optimizer, ...)` once per epoch, where `targets` is
+the label source: `HardLabels`, `TeacherTargets` (online knowledge distillation: KL between
+temperature-softened outputs, `teddy.losses.kd_loss`) or `StoredTargets` (a label store).
+Checkpoints (teddy.resume) are written atomically and a rerun resumes from the last one with
+the same optimiser, schedule and RNG state, so an interrupted run ends with the same numbers.
 """
 
 from __future__ import annotations
@@ -11,20 +14,19 @@ import math
 import os
 import sys
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from teddy.data import batches
 from teddy.distributed import all_reduce_sum, rank_world
 from teddy.distributed import wrap as distributed_wrap
 from teddy.errors import TeddyError
-from teddy.io import load_torch, save_torch
 from teddy.label_store import LabelStore
+from teddy.losses import kd_loss
+from teddy.resume import Resumable
 from teddy.student_data import StudentData, mixed_cross_entropy, plan_epoch
 
 
@@ -41,13 +43,6 @@ def autocast_for(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher/T || student/T) * T^2 (Hinton et al.), batch-mean."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
 
 
 def make_optimizer(params, recipe: dict) -> torch.optim.Optimizer:
@@ -84,62 +79,133 @@ def evaluate_accuracy(model: nn.Module, dataset, device: torch.device, batch_siz
     return correct / max(1, total)
 
 
-def load_checkpoint(path, what: str = "training checkpoint", settings: dict | None = None):
-    """The newest usable checkpoint: `path`, else the `.prev` copy kept beside it, else None
-    (start clean). A truncated or corrupt file, or one written under other `settings` (the
-    config changed since), is skipped with a warning."""
-    path = Path(path)
-    found = [p for p in (path, Path(str(path) + ".prev")) if p.exists()]
-    for candidate in found:
-        try:
-            state = load_torch(candidate, what=what)
-        except TeddyError as exc:
-            print(f"warning: {exc}", file=sys.stderr)
-            continue
-        if settings is not None and state.get("settings") != settings:
-            print(f"warning: {candidate} was written under other settings; not resuming from it", file=sys.stderr)
-            continue
-        if candidate != path:
-            print(f"warning: falling back to the previous checkpoint {candidate}", file=sys.stderr)
-        return state
-    if found:
-        print(f"warning: no usable {what} at {path}; starting clean", file=sys.stderr)
-    return None
+# --- what a micro-batch's loss is measured against ---------------------------------------------
+
+class Targets:
+    """The label source of a run: hard labels, a teacher (online KD) or a label store (stored KD).
+    `configure` reads the loss mix from the recipe (`hard_label_weight`: 1 without KD, 0 with;
+    `temperature`: 4); `plan` gives the epoch's plan (drawn, or stored); `loss` is the one
+    method the loop calls, for one micro-batch."""
+
+    kd = False
+    hard_weight, temperature, device = 1.0, 4.0, None  # until `configure`
+
+    def configure(self, recipe: dict, device: torch.device) -> "Targets":
+        self.device = device
+        self.temperature = float(recipe.get("temperature", 4.0))
+        self.hard_weight = float(recipe.get("hard_label_weight", 0.0 if self.kd else 1.0))
+        return self
+
+    def plan(self, epoch: int, draw: Callable[[], dict]) -> dict:
+        """The epoch's plan: `draw()` (from the run's generator) unless the source stores its own."""
+        self.current = draw()
+        return self.current
+
+    def soft_logits(self, x: torch.Tensor, mb) -> torch.Tensor | None:
+        return None
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, mb) -> torch.Tensor:
+        """hard_label_weight x CE towards the (mixed) labels, plus the KD loss when the source has soft targets."""
+        loss = self.hard_weight * mixed_cross_entropy(logits, mb.y, mb) if self.hard_weight else 0.0
+        teacher_logits = self.soft_logits(x, mb)
+        if teacher_logits is not None:
+            loss = loss + kd_loss(logits.float(), teacher_logits.float(), self.temperature)
+        return loss
 
 
-def save_checkpoint(path, state: dict) -> None:
-    """Atomic write; the previous checkpoint is kept as `.prev` until the new one is on disk."""
-    path = Path(path)
-    if path.exists():
-        os.replace(path, Path(str(path) + ".prev"))
-    save_torch(state, path)
+class HardLabels(Targets):
+    """Cross-entropy towards the images' labels (mixed as the plan mixes the images)."""
 
 
-def rng_state() -> dict:
-    """Global torch RNG state (CPU, and every CUDA device when present) for a checkpoint."""
-    return {"torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+class TeacherTargets(Targets):
+    """Online KD: the teacher run, in eval mode, on each augmented micro-batch."""
+
+    kd, hard_weight = True, 0.0
+
+    def __init__(self, teacher: nn.Module):
+        self.teacher = teacher
+
+    def configure(self, recipe: dict, device: torch.device) -> "Targets":
+        self.teacher.to(device).eval()
+        return super().configure(recipe, device)
+
+    def soft_logits(self, x, mb):
+        with torch.no_grad():
+            return self.teacher(x)
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+class StoredTargets(Targets):
+    """Stored KD (teddy.label_store): the stored plans and teacher logits replace the drawn
+    ones, so no teacher is needed and the student sees what the online run would."""
+
+    kd, hard_weight = True, 0.0
+
+    def __init__(self, store: LabelStore):
+        self.store = store
+
+    def plan(self, epoch, draw):
+        self.current = self.store.epoch(epoch)
+        return self.current
+
+    def soft_logits(self, x, mb):
+        return self.store.logits(self.current, mb.positions, self.device)
 
 
-def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: int = 0, *,
-                teacher: nn.Module | None = None, eval_set=None,
-                on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
-                checkpoint_path: str | os.PathLike | None = None, desc: str = "train",
-                label_store: LabelStore | None = None, info=None) -> list[dict]:
+def targets_for(teacher: nn.Module | None = None, label_store: LabelStore | None = None) -> Targets:
+    """The label source of a student run: a teacher, a label store, or (neither) hard labels."""
+    if label_store is not None and teacher is not None:
+        raise ValueError("give a teacher or a label_store, not both")
+    if teacher is not None:
+        return TeacherTargets(teacher)
+    return StoredTargets(label_store) if label_store is not None else HardLabels()
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torch.optim.Optimizer, scheduler, *,
+                    device: torch.device, accumulate: int = 1, world: int = 1, channels_last: bool = False,
+                    amp: bool = False, guard: Resumable | None = None, desc: str = "train", epoch: int = 0) -> float:
+    """One epoch over `batches` (teddy.student_data MicroBatches, `accumulate` per optimiser step);
+    `model` may be DDP-wrapped (gradients all-reduced on the last micro-batch of a batch only).
+    Returns the mean loss over every image of the epoch, summed over processes. `guard` (the
+    run's checkpoint) names the checkpoint kept when a loss is not finite."""
+    guard = guard if guard is not None else Resumable(None, {})
+    model.train()
+    total_loss, seen = 0.0, 0
+    for mb in batches:
+        x = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
+        if mb.micro == 0:
+            optimizer.zero_grad(set_to_none=True)
+        last = mb.micro == accumulate - 1
+        sync = nullcontext() if last or world == 1 else model.no_sync()
+        with sync:
+            with autocast_for(device, amp):
+                logits = model(x)
+                loss = targets.loss(logits, x, mb)
+            guard.check_finite(loss, desc, f"epoch {epoch + 1}, step {mb.step + 1}")
+            # each share weighted by its size: the update is that of the whole batch's mean loss
+            (loss * (len(mb.y) * world / mb.batch_size)).backward()
+        if last:
+            optimizer.step()
+            scheduler.step()
+        total_loss += loss.item() * len(mb.y)
+        seen += len(mb.y)
+    total_loss, seen = all_reduce_sum([total_loss, seen], device)
+    return total_loss / max(1, seen)
+
+
+def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: int = 0, *,
+        targets: Targets | None = None, eval_set=None,
+        on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
+        checkpoint_path: str | os.PathLike | None = None, desc: str = "train", info=None) -> list[dict]:
     """Train `model` on `train_set` following `recipe` and return per-epoch metrics.
 
     Batches follow an epoch plan (teddy.student_data: per-image crops, flips, shifts, CutMix or
-    Mixup) drawn from a generator seeded with `seed`. KD targets come from `teacher` run on each
-    augmented batch, or from `label_store` (teddy.label_store), whose stored plans and teacher
-    logits replace the drawn ones, so no teacher is needed and the student sees what the online
-    run would. Inside torchrun (teddy.distributed) each process trains on its share of every
-    batch; `info` (DatasetInfo) gives ImageFolder data its crop size and normalisation.
+    Mixup) drawn from a generator seeded with `seed`. `targets` is the label source (default
+    hard labels; `targets_for(teacher=...)` or `targets_for(label_store=...)` for KD). Inside
+    torchrun (teddy.distributed) each process trains on its share of every batch; `info`
+    (DatasetInfo) gives ImageFolder data its crop size and normalisation. With a
+    `checkpoint_path` the run resumes (teddy.resume) from its last checkpoint.
 
     recipe keys: epochs, batch_size, accumulate (micro-batches per batch), optimizer
     (sgd|adam|adamw), lr, momentum, weight_decay, warmup_epochs, augment ({} for none),
@@ -165,30 +231,19 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     aug_cfg = recipe.get("augment") or {}
-    temperature = float(recipe.get("temperature", 4.0))
-    kd = teacher is not None or label_store is not None
-    hard_weight = float(recipe.get("hard_label_weight", 0.0 if kd else 1.0))
-    if label_store is not None and teacher is not None:
-        raise ValueError("give train_model a teacher or a label_store, not both")
     amp = bool(recipe.get("amp", False))
-    if teacher is not None:
-        teacher.to(device).eval()
+    targets = (targets if targets is not None else HardLabels()).configure(recipe, device)
     history, start_epoch = [], 0
 
-    ckpt_path = Path(checkpoint_path) if checkpoint_path else None
     # a checkpoint only resumes the same run: same recipe, seed, data size, teacher use and processes
     settings = {"recipe": dict(recipe), "seed": int(seed), "train_size": len(train_set),
-                "teacher": kd, **({"processes": world} if world > 1 else {})}
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path, settings=settings)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            set_rng_state(state)
-            history, start_epoch = state["history"], state["epoch"]
-            print(f"resuming {desc} from {ckpt_path} at epoch {start_epoch}/{epochs}", file=sys.stderr)
+                "teacher": targets.kd, **({"processes": world} if world > 1 else {})}
+    checkpoint = Resumable(checkpoint_path, settings)
+    state = checkpoint.load(optimizer, scheduler, generator)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        history, start_epoch = state["history"], state["epoch"]
+        print(f"resuming {desc} from {checkpoint.path} at epoch {start_epoch}/{epochs}", file=sys.stderr)
     every = int(recipe.get("checkpoint_every", max(1, epochs // 10)))
     eval_every = int(recipe.get("eval_every", 0))
     data = StudentData(train_set, image_size, device, mean=info.mean if info else None,
@@ -199,61 +254,21 @@ def train_model(model: nn.Module, train_set, recipe: dict, device: torch.device,
     bar = tqdm(range(start_epoch, epochs), desc=desc, file=sys.stderr, mininterval=5, disable=rank != 0,
                initial=start_epoch, total=epochs)
     for epoch in bar:
-        net.train()
-        total_loss, seen = 0.0, 0
-        if label_store is None:
-            plan = plan_epoch(len(train_set), batch_size, image_size, aug_cfg, generator, chunks)
-        else:
-            plan = label_store.epoch(epoch)
-        for mb in data.epoch(plan):
-            x = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
-            if mb.micro == 0:
-                optimizer.zero_grad(set_to_none=True)
-            last = mb.micro == accumulate - 1
-            # DDP all-reduces gradients on the last micro-batch of a batch only
-            sync = nullcontext() if last or world == 1 else net.no_sync()
-            with sync:
-                with autocast_for(device, amp):
-                    logits = net(x)
-                    loss = hard_weight * mixed_cross_entropy(logits, mb.y, mb) if hard_weight else 0.0
-                    if teacher is not None:
-                        with torch.no_grad():
-                            teacher_logits = teacher(x)
-                    elif label_store is not None:
-                        teacher_logits = label_store.logits(plan, mb.positions, device)
-                    if kd:
-                        loss = loss + kd_loss(logits.float(), teacher_logits.float(), temperature)
-                if not torch.isfinite(loss):
-                    raise TeddyError(f"{desc}: non-finite loss at epoch {epoch + 1}, step {mb.step + 1}; "
-                                     f"last good checkpoint kept at {ckpt_path}")
-                # each share weighted by its size: the update is that of the whole batch's mean loss
-                (loss * (len(mb.y) * world / mb.batch_size)).backward()
-            if last:
-                optimizer.step()
-                scheduler.step()
-            total_loss += loss.item() * len(mb.y)
-            seen += len(mb.y)
-        total_loss, seen = all_reduce_sum([total_loss, seen], device)
-        metrics = {"epoch": epoch + 1, "loss": total_loss / max(1, seen), "lr": scheduler.get_last_lr()[0]}
+        plan = targets.plan(epoch, lambda: plan_epoch(len(train_set), batch_size, image_size, aug_cfg, generator,
+                                                      chunks))
+        loss = train_one_epoch(net, data.epoch(plan), targets, optimizer, scheduler, device=device,
+                               accumulate=accumulate, world=world, channels_last=channels_last, amp=amp,
+                               guard=checkpoint, desc=desc, epoch=epoch)
+        metrics = {"epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0]}
         if eval_set is not None and eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             metrics["eval_accuracy"] = evaluate_accuracy(model, eval_set, device, amp=amp)
         history.append(metrics)
         bar.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "epoch"})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, metrics)
-        if ckpt_path is not None and rank == 0 and ((epoch + 1) % every == 0 and epoch + 1 < epochs):
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                                        **rng_state(), "history": history, "epoch": epoch + 1,
-                                        "settings": settings})
+        if rank == 0 and ((epoch + 1) % every == 0 and epoch + 1 < epochs):
+            checkpoint.save(optimizer, scheduler, generator, history, model=model.state_dict(), epoch=epoch + 1)
     return history
-
-
-def remove_checkpoint(checkpoint_path) -> None:
-    """Called once a stage's final outputs are written."""
-    if checkpoint_path:
-        for p in (Path(checkpoint_path), Path(str(checkpoint_path) + ".prev")):
-            p.unlink(missing_ok=True)
 
 
 @torch.no_grad()

@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -26,7 +25,8 @@ from teddy.data import DatasetInfo, apply_augment, class_indices, pixel_bounds, 
 from teddy.errors import TeddyError
 from teddy.pool import WeakPool
 from teddy.shards import batch_plan, batch_seed
-from teddy.train import autocast_for, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from teddy.resume import Resumable
+from teddy.train import autocast_for
 
 
 @dataclass
@@ -86,15 +86,9 @@ def select_real(task: DistillTask, generator: torch.Generator) -> tuple[torch.Te
     return stack_items(task.real, torch.cat(chosen_real(task, generator)))
 
 
-def initial_images(task: DistillTask, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    init = task.recipe.get("init", "real")
-    images, labels = select_real(task, generator)
-    if init == "noise":
-        images = torch.randn(images.shape, generator=generator)
-    elif init != "real":
-        raise TeddyError(f"unknown init '{init}' (recipe key init: real or noise)")
-    return images, labels
-
+# what the harness uses when a recipe leaves a key out; the per-batch methods register these
+# among their defaults (teddy.methods.registry), so `full_recipe` fills them in (plain JSON data)
+HARNESS_DEFAULTS = {"iterations": 1000, "lr": 0.1, "betas": [0.5, 0.9], "batch_size": 100, "init": "real"}
 
 LossFn = Callable[[torch.nn.Module | None, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict]]
 
@@ -105,7 +99,7 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
     synthetic batch (all of `images`, every step), with a fresh Adam and cosine schedule.
     `model` is drawn from the pool each iteration (None when the task has no pool)."""
     r, device = task.recipe, task.device
-    iterations = int(r.get("iterations", 1000))
+    iterations = int(r.get("iterations", HARNESS_DEFAULTS["iterations"]))
     if iterations < 1:
         raise TeddyError(f"iterations must be >= 1, got {iterations}")
     syn = images.clone().to(device)
@@ -115,7 +109,8 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
             member.to(memory_format=torch.channels_last)
     syn.requires_grad_(True)
     labels = labels.to(device)
-    optimizer = torch.optim.Adam([syn], lr=float(r.get("lr", 0.1)), betas=tuple(r.get("betas", (0.5, 0.9))))
+    optimizer = torch.optim.Adam([syn], lr=float(r.get("lr", HARNESS_DEFAULTS["lr"])),
+                                 betas=tuple(r.get("betas", HARNESS_DEFAULTS["betas"])))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: 0.5 * (1 + math.cos(math.pi * it / iterations)))
     lo, hi = pixel_bounds(task.info, device)
@@ -123,22 +118,17 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
     log_every = int(r.get("log_every", max(1, iterations // 20)))
     ckpt_every = int(r.get("checkpoint_every", max(1, iterations // 10)))
     amp = bool(r.get("amp", False))  # bf16 autocast of the forward pass, CUDA only
-    ckpt = Path(task.checkpoint_path) if task.checkpoint_path else None
     history, start, elapsed = [], 0, 0.0
     # a checkpoint only resumes the same run: same recipe, IPC, seed, batch and image count
     settings = {"recipe": dict(r), "ipc": int(task.ipc), "seed": int(task.seed), "images": int(syn.shape[0]),
                 "name": task.seed_name, "batch": int(batch)}
-
-    state = load_checkpoint(ckpt, "distillation checkpoint", settings) if ckpt is not None else None
+    checkpoint = Resumable(task.checkpoint_path, settings, "distillation checkpoint")
+    state = checkpoint.load(optimizer, scheduler, generator)
     if state is not None:
         with torch.no_grad():
             syn.copy_(state["images"].to(device))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        set_rng_state(state)
         history, start, elapsed = state["history"], state["iteration"], state["elapsed"]
-        print(f"resuming {desc} from {ckpt} at iteration {start}/{iterations}", file=sys.stderr)
+        print(f"resuming {desc} from {checkpoint.path} at iteration {start}/{iterations}", file=sys.stderr)
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, iterations), desc=desc, file=sys.stderr, mininterval=5, disable=False,
@@ -150,9 +140,7 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
         model = task.pool.sample(it, generator) if task.pool is not None else None
         with autocast_for(device, amp):
             loss, parts = loss_fn(model, x, labels, it)
-        if not torch.isfinite(loss):
-            raise TeddyError(f"{desc}: non-finite loss at iteration {it + 1}; "
-                             f"last good checkpoint kept at {ckpt}")
+        checkpoint.check_finite(loss, desc, f"iteration {it + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -162,27 +150,42 @@ def optimise_synthetic(task: DistillTask, images: torch.Tensor, labels: torch.Te
         if (it + 1) % log_every == 0 or it == 0:  # the same log whether or not the run was resumed
             history.append({"iteration": it + 1, "loss": loss.item(), **parts})
             bar.set_postfix(loss=round(loss.item(), 4))
-        if ckpt is not None and (it + 1) % ckpt_every == 0 and it + 1 < iterations:
-            save_checkpoint(ckpt, {"images": syn.detach().cpu(), "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                                   **rng_state(), "history": history, "iteration": it + 1,
-                                   "elapsed": elapsed + time.perf_counter() - t0, "settings": settings})
+        if (it + 1) % ckpt_every == 0 and it + 1 < iterations:
+            checkpoint.save(optimizer, scheduler, generator, history, images=syn.detach().cpu(), iteration=it + 1,
+                            elapsed=elapsed + time.perf_counter() - t0)
     seconds = elapsed + time.perf_counter() - t0
     return Distilled(syn.detach().cpu(), labels.cpu(),
                      {"history": history, "iterations": iterations, "optimise_seconds": seconds})
+
+
+def start_batch(task: DistillTask, b: int, labels: torch.Tensor, index_in_class: torch.Tensor,
+                chosen: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Generator, int]:
+    """Batch `b`'s starting images, its generator and seed (the global torch seed is set too):
+    the `chosen` real images of its (class, index-in-class) slots, or noise when `chosen` is None."""
+    seed = batch_seed(task.seed, task.seed_name, task.ipc, b)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # methods drawing from the global RNG (bilevel) follow the batch too
+    if chosen is not None:
+        images, _ = stack_items(task.real, torch.stack([chosen[c][j] for c, j in
+                                                        zip(labels.tolist(), index_in_class.tolist())]))
+    else:
+        info = task.info
+        images = torch.randn((len(labels), info.channels, info.image_size, info.image_size), generator=generator)
+    return images, generator, seed
 
 
 def run_batches(task: DistillTask, loss_fn: LossFn | None, desc: str) -> Distilled:
     """Every batch of `task.batches` (default: the whole plan): initialised (`init`: real images
     of the slots' classes, or noise), optimised on its own with `loss_fn` (None: kept as
     initialised, the random real subset), then passed to `task.on_batch` or kept and returned."""
-    plan = batch_plan(task.info.num_classes, task.ipc, int(task.recipe.get("batch_size", 100)))
+    batch_size = int(task.recipe.get("batch_size", HARNESS_DEFAULTS["batch_size"]))
+    plan = batch_plan(task.info.num_classes, task.ipc, batch_size)
     wanted = range(len(plan)) if task.batches is None else list(task.batches)
     for b in wanted:
         if not 0 <= int(b) < len(plan):
             raise TeddyError(f"batch {b} is beyond the set: {task.seed_name} at IPC {task.ipc} has {len(plan)} "
-                             f"batches of at most {task.recipe.get('batch_size', 100)} images")
-    init = task.recipe.get("init", "real")
+                             f"batches of at most {batch_size} images")
+    init = task.recipe.get("init", HARNESS_DEFAULTS["init"])
     if init not in ("real", "noise"):
         raise TeddyError(f"unknown init '{init}' (recipe key init: real or noise)")
     # the real images are chosen for the whole set at once (seeded by the seed alone), so a
@@ -191,15 +194,7 @@ def run_batches(task: DistillTask, loss_fn: LossFn | None, desc: str) -> Distill
     kept, logs = [], []
     for b in wanted:
         labels, index_in_class = plan[b]
-        seed = batch_seed(task.seed, task.seed_name, task.ipc, b)
-        generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)  # methods drawing from the global RNG (bilevel) follow the batch too
-        if chosen is not None:
-            images, _ = stack_items(task.real, torch.stack([chosen[c][j] for c, j in
-                                                            zip(labels.tolist(), index_in_class.tolist())]))
-        else:
-            info = task.info
-            images = torch.randn((len(labels), info.channels, info.image_size, info.image_size), generator=generator)
+        images, generator, seed = start_batch(task, b, labels, index_in_class, chosen)
         log = {"batch": int(b), "images": int(len(labels)), "seed": seed}
         if loss_fn is not None:
             result = optimise_synthetic(task, images, labels, loss_fn, generator,

@@ -24,7 +24,8 @@ from torch.func import functional_call
 
 from teddy.data import stack_items
 from teddy.errors import TeddyError
-from teddy.methods.base import Distilled, DistillTask, run_batches
+from teddy.methods.base import HARNESS_DEFAULTS, Distilled, DistillTask, run_batches
+from teddy.methods.registry import register_method
 from teddy.models import build_model
 
 
@@ -40,15 +41,19 @@ def unrolled_loss(model: torch.nn.Module, x_syn: torch.Tensor, y_syn: torch.Tens
     return F.cross_entropy(functional_call(model, params, (x_real,)), y_real)
 
 
+DEFAULTS = {"unroll_steps": 10, "inner_lr": 0.01, "inner_arch": "convnet", "inner_arch_options": {},
+            "real_batch_size": 256}
+
+
 def bilevel_loss_fn(task: DistillTask):
     r = task.recipe
-    steps, inner_lr = int(r.get("unroll_steps", 10)), float(r.get("inner_lr", 0.01))
-    real_batch_size = int(r.get("real_batch_size", 256))
+    steps, inner_lr = int(r.get("unroll_steps", DEFAULTS["unroll_steps"])), float(r.get("inner_lr", DEFAULTS["inner_lr"]))
+    real_batch_size = int(r.get("real_batch_size", DEFAULTS["real_batch_size"]))
     if steps < 1:
         raise TeddyError(f"unroll_steps must be >= 1, got {steps} (recipe key unroll_steps)")
     if real_batch_size < 1:
         raise TeddyError(f"real_batch_size must be >= 1, got {real_batch_size} (recipe key real_batch_size)")
-    arch, options = r.get("inner_arch", "convnet"), dict(r.get("inner_arch_options") or {})
+    arch, options = r.get("inner_arch", DEFAULTS["inner_arch"]), dict(r.get("inner_arch_options") or {})
     info = task.info
 
     def loss_fn(model, x, y, iteration):
@@ -61,9 +66,8 @@ def bilevel_loss_fn(task: DistillTask):
     return loss_fn
 
 
-PER_BATCH = True  # each synthetic batch is optimised on its own, its inner model trained on that batch
-
-
+# each synthetic batch is optimised on its own, its inner model trained on that batch
+@register_method("bilevel", per_batch=True, defaults={**HARNESS_DEFAULTS, **DEFAULTS})
 def distill(task: DistillTask) -> Distilled:
     loss_fn = bilevel_loss_fn(task)  # checks the recipe before any work
-    return run_batches(task, loss_fn, desc=f"bilevel-K{task.recipe.get('unroll_steps', 10)} ipc{task.ipc}")
+    return run_batches(task, loss_fn, desc=f"bilevel-K{task.recipe['unroll_steps']} ipc{task.ipc}")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from teddy.data import batches, stack_items
 from teddy.errors import TeddyError
 from teddy.methods.base import Distilled, DistillTask, real_indices_per_class, single_pool_model
+from teddy.methods.registry import register_method
 from teddy.pool import classifier_layer
 
 
@@ -52,10 +53,11 @@ def herd(features: torch.Tensor, count: int) -> list[int]:
     return chosen
 
 
+@register_method("herding", per_batch=False, defaults={"herding_candidates": None})
 def distill(task: DistillTask) -> Distilled:
     per_class = real_indices_per_class(task)
     model = single_pool_model(task, "herding")
-    cap = task.recipe.get("herding_candidates")
+    cap = task.recipe["herding_candidates"]
     if cap is not None and int(cap) < task.ipc:
         raise TeddyError(f"herding_candidates={cap} is below IPC {task.ipc} (recipe key herding_candidates)")
     generator = torch.Generator().manual_seed(task.seed)

@@ -13,8 +13,10 @@ import torch
 
 from teddy.errors import TeddyError
 from teddy.methods.base import Distilled, DistillTask
+from teddy.methods.registry import register_method
 
 
+@register_method("import", per_batch=False)
 def distill(task: DistillTask) -> Distilled:
     from torchvision import datasets, transforms
 

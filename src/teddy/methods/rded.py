@@ -48,21 +48,18 @@ from tqdm import tqdm
 from teddy.data import TensorImageDataset, batches
 from teddy.errors import TeddyError
 from teddy.methods.base import Distilled, DistillTask, real_indices_per_class
+from teddy.methods.registry import full_recipe, register_method
 
-# the peers' settings (LINs-lab/RDED argument.py and scripts/*.sh)
+# the peers' settings (LINs-lab/RDED argument.py and scripts/*.sh), registered below
 DEFAULTS = {"factor": 1, "crops_per_image": 5, "candidates_per_class": 300, "crop_scale": [0.08, 1.0],
             "batch_size": 100}
-
-
-def settings(recipe: dict) -> dict:
-    return {**DEFAULTS, **{k: recipe[k] for k in DEFAULTS if k in recipe}}
 
 
 def check_recipe(recipe: dict, image_size: int, ipcs, pool_members: list[str] | None, key: str) -> None:
     """The checks that need the dataset and the pool (run when the workflow loads, and again
     by `distill`): factor divides the image size, the observer is a pool member, enough
     candidates per class for IPC x factor^2 patches from distinct images."""
-    s = settings(recipe)
+    s = full_recipe(recipe, "rded")
     factor = int(s["factor"])
     if factor < 1 or image_size % factor:
         raise TeddyError(f"{key}.factor={factor} does not divide the image size {image_size}")
@@ -169,8 +166,9 @@ def class_batches(real, chosen: list[torch.Tensor], device: torch.device):
         yield x.to(device, non_blocking=True)
 
 
+@register_method("rded", per_batch=False, defaults=DEFAULTS)
 def distill(task: DistillTask) -> Distilled:
-    s = settings(task.recipe)
+    s = task.recipe
     observer = observer_model(task)
     factor, size = int(s["factor"]), task.info.image_size
     needed = task.ipc * factor ** 2
@@ -192,5 +190,5 @@ def distill(task: DistillTask) -> Distilled:
         class_scores.append(picked["scores"])
     scores = torch.cat(class_scores)
     return Distilled(torch.cat(images), torch.cat(labels),
-                     {"factor": factor, "patches": int(scores.numel()), "settings": s,
+                     {"factor": factor, "patches": int(scores.numel()), "settings": {k: s[k] for k in DEFAULTS},
                       "selected_cross_entropy": {"mean": scores.mean().item(), "max": scores.max().item()}})

@@ -7,19 +7,15 @@ rest, alpha 0.01, 4000 iterations, batch 100, random resized crop (scale 0.08-1)
 Every default can be overridden in the recipe.
 """
 
-from dataclasses import replace
-
 from teddy.methods.base import Distilled, DistillTask, run_batches, single_pool_model
+from teddy.methods.registry import register_method
 from teddy.methods.teddy import statistics_loss_fn
 
-DEFAULTS = {"init": "noise", "lr": 0.25, "betas": (0.5, 0.9), "first_bn_weight": 10.0, "alpha": 0.01,
-            "ce_weight": 1.0, "iterations": 4000, "batch_size": 100,
-            "augment": {"crop": True, "crop_scale": [0.08, 1.0], "flip": True}}
-PER_BATCH = True
 
-
+@register_method("sre2l", per_batch=True, defaults={
+    "init": "noise", "lr": 0.25, "betas": [0.5, 0.9], "first_bn_weight": 10.0, "alpha": 0.01, "ce_weight": 1.0,
+    "iterations": 4000, "batch_size": 100, "augment": {"crop": True, "crop_scale": [0.08, 1.0], "flip": True}})
 def distill(task: DistillTask) -> Distilled:
-    task = replace(task, recipe={**DEFAULTS, **task.recipe})
     single_pool_model(task, "sre2l")
     result = run_batches(task, statistics_loss_fn(task.recipe), desc=f"sre2l ipc{task.ipc}")
     result.log["recipe"] = task.recipe  # the defaults filled in, for the log

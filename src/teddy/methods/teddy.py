@@ -30,13 +30,19 @@ from teddy.data import class_indices, stack_items
 from teddy.errors import TeddyError
 from teddy.io import load_torch, save_torch
 from teddy.losses import bn_statistics_loss, gradient_distance
-from teddy.methods.base import Distilled, DistillTask, run_batches
+from teddy.methods.base import HARNESS_DEFAULTS, Distilled, DistillTask, run_batches
+from teddy.methods.registry import register_method
+
+
+# teddy's own recipe defaults (registered with the harness's below)
+DEFAULTS = {"matching": "statistics", "alpha": 1.0, "first_bn_weight": 10.0, "ce_weight": 1.0,
+            "real_batch_per_class": 64}
 
 
 def statistics_loss_fn(recipe: dict):
-    alpha = float(recipe.get("alpha", 1.0))
-    first_bn_weight = float(recipe.get("first_bn_weight", 10.0))
-    ce_weight = float(recipe.get("ce_weight", 1.0))
+    alpha = float(recipe.get("alpha", DEFAULTS["alpha"]))
+    first_bn_weight = float(recipe.get("first_bn_weight", DEFAULTS["first_bn_weight"]))
+    ce_weight = float(recipe.get("ce_weight", DEFAULTS["ce_weight"]))
 
     def loss_fn(model, x, y, iteration):
         return bn_statistics_loss(model, x, y, alpha=alpha, first_bn_weight=first_bn_weight, ce_weight=ce_weight)
@@ -99,7 +105,7 @@ def load_or_make_gradient_cache(task: DistillTask, generator: torch.Generator) -
         cache = load_torch(path, what="gradient cache")
     else:
         cache = real_gradients(task.pool, task.real, task.info.num_classes,
-                               int(task.recipe.get("real_batch_per_class", 64)), generator, task.device)
+                               int(task.recipe["real_batch_per_class"]), generator, task.device)
         if path:
             save_torch(cache, path)
     return cache  # gradient_loss_fn checks it against the pool
@@ -125,11 +131,12 @@ def gradient_loss_fn(pool, cache: dict):
 
 
 MATCHING = ("statistics", "gradient")
-PER_BATCH = True  # optimised batch by batch (teddy.methods.base.run_batches), so it shards
 
 
+# optimised batch by batch (teddy.methods.base.run_batches), so it shards
+@register_method("teddy", per_batch=True, defaults={**HARNESS_DEFAULTS, **DEFAULTS})
 def distill(task: DistillTask) -> Distilled:
-    matching = task.recipe.get("matching", "statistics")
+    matching = task.recipe["matching"]
     if matching not in MATCHING:
         raise TeddyError(f"unknown matching form '{matching}' (recipe key matching); known: {sorted(MATCHING)}")
     if task.pool is None:
