@@ -1,4 +1,4 @@
-"""Real datasets in their on-disk formats, splits, normalisation and augmentation.
+"""Real datasets in their on-disk formats, splits and normalisation (augmentation: teddy.augment).
 
 Small datasets (Fashion-MNIST, CIFAR) are read whole into memory as normalised tensors;
 ImageFolder trees (Tiny-ImageNet, ImageNet-1K) are read lazily through torchvision.
@@ -8,7 +8,6 @@ Nothing here downloads unless `download: true` is set in the config.
 from __future__ import annotations
 
 import gzip
-import math
 import pickle
 from dataclasses import dataclass
 from functools import partial
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from teddy.errors import TeddyError
@@ -316,63 +314,3 @@ def batches(dataset, batch_size: int, shuffle: bool, generator: torch.Generator 
                         num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=False)
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-# --- augmentation (differentiable, replayable) -----------------------------------------
-
-def sample_augment_params(batch_size: int, image_size: int, cfg: dict, generator: torch.Generator) -> dict:
-    """Draw one random augmentation: a resized crop (shared by the batch, as in SRe2L),
-    a per-image horizontal flip and a per-batch shift. Plain numbers, so they can be stored
-    (FKD-style relabelling) and replayed exactly."""
-    params = {}
-    scale = cfg.get("crop_scale", [0.5, 1.0])
-    if cfg.get("crop", True) and scale[0] < 1.0:
-        area = torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        log_r = torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator).item()
-        ratio = math.exp(log_r)
-        h = min(image_size, max(1, int(round(image_size * math.sqrt(area / ratio)))))
-        w = min(image_size, max(1, int(round(image_size * math.sqrt(area * ratio)))))
-        top = int(torch.randint(0, image_size - h + 1, (1,), generator=generator))
-        left = int(torch.randint(0, image_size - w + 1, (1,), generator=generator))
-        params["crop"] = (top, left, h, w)
-    if cfg.get("flip", True):
-        params["flip"] = torch.rand(batch_size, generator=generator).lt(0.5).tolist()
-    shift = int(cfg.get("max_shift", 0))
-    if shift > 0:
-        params["shift"] = tuple(int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=generator))
-    return params
-
-
-def apply_augment(x: torch.Tensor, params: dict) -> torch.Tensor:
-    """Apply sampled augmentation params to a batch; differentiable w.r.t. x."""
-    size = x.shape[-2:]
-    if "crop" in params:
-        top, left, h, w = params["crop"]
-        x = F.interpolate(x[..., top:top + h, left:left + w], size=size, mode="bilinear", align_corners=False)
-    if "flip" in params:
-        mask = torch.tensor(params["flip"], device=x.device, dtype=torch.bool).view(-1, 1, 1, 1)
-        x = torch.where(mask, x.flip(-1), x)
-    if "shift" in params:
-        dy, dx = params["shift"]
-        pad = max(abs(dy), abs(dx))
-        if pad:
-            x = F.pad(x, (pad, pad, pad, pad))
-            x = x[..., pad + dy: pad + dy + size[0], pad + dx: pad + dx + size[1]]
-    return x
-
-
-def augment(x: torch.Tensor, cfg: dict, generator: torch.Generator) -> torch.Tensor:
-    return apply_augment(x, sample_augment_params(x.shape[0], x.shape[-1], cfg, generator))
-
-
-def pixel_bounds(info: DatasetInfo, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised-space per-channel bounds of valid pixels [0, 1]."""
-    mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
-    return (0 - mean) / std, (1 - mean) / std
-
-
-def denormalise(x: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
-    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(info.std).view(1, -1, 1, 1)
-    return (x.cpu() * std + mean).clamp(0, 1)
