@@ -192,12 +192,12 @@ def check_dataset_counts(cfg: dict) -> None:
     if not counts:
         return
     smallest = min(counts)
-    where = (f"the smallest class (label {counts.index(smallest)}) has {smallest} training images after "
+    where = (f"the {smallest} training images of the smallest class (label {counts.index(smallest)}) after "
              f"the validation split (dataset.val_fraction={dataset.get('val_fraction', 0.1)})")
     ipcs = [int(i) for i in cfg["distill"]["ipc"]]
     for ipc in ipcs:
         if ipc > smallest:
-            raise TeddyError(f"distill.ipc {ipc} is more than {where}")
+            raise TeddyError(f"distill.ipc {ipc} is above {where}")
     from teddy.methods import full_recipe
 
     for name, recipe in cfg["distill"]["methods"].items():
@@ -206,8 +206,8 @@ def check_dataset_counts(cfg: dict) -> None:
         full = full_recipe(recipe)
         cap, factor = full.get("candidates_per_class"), int(full.get("factor", 1))
         if cap is not None and int(cap) > smallest:
-            raise TeddyError(f"distill.methods.{name}.candidates_per_class={cap} is more than {where}")
+            raise TeddyError(f"distill.methods.{name}.candidates_per_class={cap} is above {where}")
         needed = max(ipcs) * factor ** 2
         if needed > smallest:
             raise TeddyError(f"distill.methods.{name} needs IPC x factor^2 = {needed} distinct images per class, "
-                             f"more than {where}")
+                             f"above {where}")
