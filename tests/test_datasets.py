@@ -10,7 +10,7 @@ from fixtures import write_class_folders, write_fashion_mnist, write_image_folde
 from teddy import image_folder
 from teddy.config import check_config
 from teddy.data import dataset_info, load_split
-from teddy.datasets import (DATASETS, check_dataset_counts, dataset_spec, train_counts_per_class)
+from teddy.datasets import DATASETS, check_dataset_counts, dataset_spec, image_counts, train_counts_per_class
 from teddy.errors import TeddyError
 
 
@@ -129,3 +129,13 @@ def test_rded_candidates_against_the_smallest_class(tmp_path):
     check_dataset_counts(ipc_config(section, [3], {"r": {**rded, "candidates_per_class": 12, "factor": 2}}))
     with pytest.raises(TeddyError, match=r"distill.methods.r needs IPC x factor\^2 = 16 .* above"):
         check_dataset_counts(ipc_config(section, [4], {"r": {**rded, "candidates_per_class": None, "factor": 2}}))
+
+
+def test_image_counts_for_costing_jobs(tmp_path):
+    assert image_counts({"name": "imagenet1k", "root": str(tmp_path / "no"), "val_fraction": 0.02}) == \
+        {"train": 1255544, "test": 50000}
+    assert image_counts({"name": "cifar10", "root": "/nowhere", "val_fraction": 0.1, "train_limit": 1000}) == \
+        {"train": 1000, "test": 10000}
+    root = write_image_folder(tmp_path / "tiny", per_class=12)
+    assert image_counts({"name": "tiny_imagenet", "root": str(root), "val_fraction": 0.0})["train"] == 36
+    assert image_counts({"name": "image_folder", "root": str(tmp_path / "no")}) == {"train": None, "test": None}

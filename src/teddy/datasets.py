@@ -183,6 +183,20 @@ def train_counts_per_class(dataset_cfg: dict) -> list[int] | None:
                         dataset_cfg.get("train_limit"))
 
 
+def image_counts(dataset_cfg: dict) -> dict:
+    """Images of the training split (after the validation split and train_limit) and of the test
+    split, for costing jobs: exact where train_counts_per_class knows them, else estimated from
+    the published total (None when neither is known, e.g. your own folders not visible here)."""
+    spec = dataset_spec(dataset_cfg["name"])
+    counts = train_counts_per_class(dataset_cfg)
+    train = sum(counts) if counts is not None else None
+    if train is None and spec.train_images is not None:
+        train = int(round(spec.train_images * (1 - float(dataset_cfg.get("val_fraction", 0.1)))))
+        if dataset_cfg.get("train_limit"):
+            train = min(train, int(dataset_cfg["train_limit"]))
+    return {"train": train, "test": spec.test_images}
+
+
 def check_dataset_counts(cfg: dict) -> None:
     """Refuse, in one line, an IPC (config key distill.ipc) or an RDED recipe's
     candidates_per_class / IPC x factor^2 above the training images of the smallest class after
