@@ -84,12 +84,12 @@ def ipc_config(dataset, ipc, methods=None):
 
 def test_an_ipc_above_the_smallest_class_is_refused_in_one_line():
     fmnist = {"name": "fashion_mnist", "root": "/nowhere", "val_fraction": 0.1}
-    assert len(train_counts_per_class(fmnist)) == 10  # fixed counts: no files needed
-    check_dataset_counts(ipc_config(fmnist, [1, 5000]))
+    assert train_counts_per_class(fmnist) == [5400] * 10  # fixed counts, stratified split: no files needed
+    check_dataset_counts(ipc_config(fmnist, [1, 5400]))
     with pytest.raises(TeddyError) as err:
         check_dataset_counts(ipc_config(fmnist, [1, 7000]))
     assert "\n" not in str(err.value)
-    assert "distill.ipc 7000 is above the" in str(err.value) and "dataset.val_fraction=0.1" in str(err.value)
+    assert str(err.value).startswith("distill.ipc 7000 is above the 5400 training images of the smallest class")
     # unknown: train_limit on a dataset not stored class by class
     assert train_counts_per_class({**fmnist, "train_limit": 100}) is None
 
@@ -99,7 +99,7 @@ def test_the_config_loader_refuses_the_fashion_mnist_example(fmnist_root):
            "base": {"arch": "convnet", "recipe": {"epochs": 1}},
            "distill": {"ipc": [1, 7000], "methods": {"random": {"method": "random"}}},
            "evaluate": {"students": ["convnet"]}}
-    with pytest.raises(TeddyError, match="distill.ipc 7000 is above the .* training images of the smallest class"):
+    with pytest.raises(TeddyError, match="distill.ipc 7000 is above the 5400 training images of the smallest class"):
         check_config(cfg)
     cfg["distill"]["ipc"] = [1, 10]
     check_config(cfg)
@@ -115,7 +115,7 @@ def test_folder_counts_are_what_the_reader_holds(tmp_path):
             check_dataset_counts(ipc_config(cfg, [1, min(held) + 1]))
         check_dataset_counts(ipc_config(cfg, [min(held)]))
     # no tree here (a login node): Tiny-ImageNet's published 500 per class
-    assert len(train_counts_per_class({"name": "tiny_imagenet", "root": str(tmp_path / "no")})) == 200
+    assert train_counts_per_class({"name": "tiny_imagenet", "root": str(tmp_path / "no")}) == [450] * 200
     # your own folders without the tree: unknown, the jobs check
     assert train_counts_per_class({"name": "image_folder", "root": str(tmp_path / "no")}) is None
 
@@ -139,3 +139,19 @@ def test_image_counts_for_costing_jobs(tmp_path):
     root = write_image_folder(tmp_path / "tiny", per_class=12)
     assert image_counts({"name": "tiny_imagenet", "root": str(root), "val_fraction": 0.0})["train"] == 36
     assert image_counts({"name": "image_folder", "root": str(tmp_path / "no")}) == {"train": None, "test": None}
+
+
+def test_the_tiny_imagenet_example_is_predictable(tmp_path):
+    """12 training images per class: the random split once left 9 in one class after the load
+    check passed IPC 10. Stratified, every class keeps 12 - round(12 x val_fraction)."""
+    root = write_image_folder(tmp_path / "tiny", per_class=12)
+    for fraction, left in ((0.1, 11), (0.25, 9), (0.5, 6)):
+        cfg = {"name": "tiny_imagenet", "root": str(root), "val_fraction": fraction}
+        assert train_counts_per_class(cfg) == [left] * 3
+        assert torch.bincount(load_split(cfg, "train").targets).tolist() == [left] * 3
+        assert torch.bincount(load_split(cfg, "val").targets).tolist() == [12 - left] * 3
+    check_dataset_counts(ipc_config({"name": "tiny_imagenet", "root": str(root), "val_fraction": 0.1}, [10]))
+    with pytest.raises(TeddyError) as err:
+        check_dataset_counts(ipc_config({"name": "tiny_imagenet", "root": str(root), "val_fraction": 0.25}, [1, 10]))
+    assert str(err.value) == ("distill.ipc 10 is above the 9 training images of the smallest class (label 0) after "
+                              "the validation split (dataset.val_fraction=0.25)")

@@ -45,7 +45,7 @@ def stand_in(name: str, root, cfg: dict):
         return write_cifar(root, 100, n_per_batch=100)
     rded = [m.get("candidates_per_class") or 0 for m in cfg["distill"]["methods"].values() if m["method"] == "rded"]
     needed = max(cfg["distill"]["ipc"] + rded)
-    per_class = int(needed / (1 - cfg["dataset"]["val_fraction"])) + needed // 10 + 2  # margin: the split is random
+    per_class = int(needed / (1 - cfg["dataset"]["val_fraction"])) + 2
     return write_image_folder(root, per_class=per_class, size=64 if name == "tiny_imagenet" else 80,
                               words=name == "tiny_imagenet")
 

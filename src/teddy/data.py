@@ -10,6 +10,7 @@ set in the config. Distillation augmentation: teddy.augment.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,18 +195,37 @@ def download(torchvision_class: str, root: Path) -> None:
         getter(str(root), train=train, download=True)
 
 
-def split_indices(n: int, val_fraction: float, seed: int):
-    """A seeded random split of range(n) into (train, validation) index tensors."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = int(round(n * val_fraction))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
+def held_out(n: int, val_fraction: float) -> int:
+    """Images of a class of `n` held out for validation: n x val_fraction, rounded (halves up)."""
+    return int(math.floor(n * float(val_fraction) + 0.5))
+
+
+def split_indices(targets, val_fraction: float, seed: int):
+    """A seeded, stratified split of range(len(targets)) into (train, validation) index tensors:
+    every class c of n_c images holds out `held_out(n_c, val_fraction)` of them, drawn at random
+    (one generator seeded by `seed`, classes in label order), so the training images left per
+    class are exact and known before anything is read."""
+    targets = torch.as_tensor(targets, dtype=torch.long)
+    generator = torch.Generator().manual_seed(int(seed))
+    order = torch.argsort(targets, stable=True)
+    counts = torch.bincount(targets) if len(targets) else torch.zeros(0, dtype=torch.long)
+    val, start = [], 0
+    for n in counts.tolist():
+        members = order[start:start + n]
+        val.append(members[torch.randperm(n, generator=generator)[: held_out(n, val_fraction)]])
+        start += n
+    val = torch.cat(val).sort().values if val else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(len(targets), dtype=torch.bool)
+    keep[val] = False
+    return torch.nonzero(keep).flatten(), val
 
 
 def split_counts(per_class, val_fraction: float, seed: int, limit: int | None = None) -> list[int]:
-    """Training images per class left by `split_indices` (and `dataset.train_limit`) for a dataset
-    of `per_class[c]` images of class c stored class by class, as class folders are read."""
+    """Training images per class left by `split_indices` (and `dataset.train_limit`): exact for
+    any dataset without a limit (the split is stratified); with one, for a dataset stored class
+    by class (labels 0, 0, ..., 1, 1, ...), as class folders are read."""
     targets = torch.repeat_interleave(torch.arange(len(per_class)), torch.as_tensor(list(per_class)))
-    train_idx, _ = split_indices(len(targets), val_fraction, seed)
+    train_idx, _ = split_indices(targets, val_fraction, seed)
     if limit:
         train_idx = train_idx[: int(limit)]
     return torch.bincount(targets[train_idx], minlength=len(per_class)).tolist()

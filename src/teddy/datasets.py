@@ -157,7 +157,8 @@ def load_split(dataset_cfg: dict, split: str):
     full = spec.reader(dataset_cfg, True, info)
     if split == "train_full":
         return full
-    train_idx, val_idx = split_indices(len(full), dataset_cfg.get("val_fraction", 0.1), dataset_cfg.get("split_seed", 0))
+    train_idx, val_idx = split_indices(full.targets, dataset_cfg.get("val_fraction", 0.1),
+                                       dataset_cfg.get("split_seed", 0))
     limit = dataset_cfg.get("train_limit")
     if limit:
         train_idx = train_idx[: int(limit)]
