@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fixtures import write_cifar, write_fashion_mnist, write_image_folder
-from teddy.data import (apply_augment, augment, batches, dataset_info, load_split, pixel_bounds,
-                        sample_augment_params, split_indices)
+from teddy.augment import pixel_bounds
+from teddy.data import batches, dataset_info, load_split, split_counts, split_indices
 from teddy.errors import TeddyError
 
 
@@ -61,23 +61,21 @@ def test_image_folder_tiny_imagenet(tmp_path):
 
 
 def test_split_is_seeded_and_disjoint():
-    a_train, a_val = split_indices(100, 0.1, seed=3)
-    b_train, b_val = split_indices(100, 0.1, seed=3)
-    assert torch.equal(a_val, b_val) and len(a_val) == 10
-    assert not set(a_train.tolist()) & set(a_val.tolist())
-    assert not torch.equal(a_val, split_indices(100, 0.1, seed=4)[1])
+    targets = torch.arange(100) % 4
+    a_train, a_val = split_indices(targets, 0.1, seed=3)
+    b_train, b_val = split_indices(targets, 0.1, seed=3)
+    assert torch.equal(a_val, b_val) and len(a_val) == 12  # round(2.5) = 3 of each class's 25, halves up
+    assert not set(a_train.tolist()) & set(a_val.tolist()) and len(a_train) + len(a_val) == 100
+    assert not torch.equal(a_val, split_indices(targets, 0.1, seed=4)[1])
 
 
-def test_augment_is_replayable_and_differentiable():
-    x = torch.randn(6, 3, 32, 32, requires_grad=True)
-    cfg = {"crop": True, "crop_scale": [0.5, 1.0], "flip": True, "max_shift": 3}
-    params = sample_augment_params(6, 32, cfg, torch.Generator().manual_seed(1))
-    y1, y2 = apply_augment(x, params), apply_augment(x, params)
-    assert y1.shape == x.shape and torch.equal(y1, y2)
-    y1.sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    same = augment(x, cfg, torch.Generator().manual_seed(1))
-    assert torch.equal(same, y1)
+def test_split_holds_out_the_same_fraction_of_every_class():
+    targets = torch.tensor([0] * 40 + [1] * 20 + [2] * 10)[torch.randperm(70, generator=torch.Generator().manual_seed(0))]
+    train, val = split_indices(targets, 0.2, seed=0)
+    assert torch.bincount(targets[val]).tolist() == [8, 4, 2]
+    assert torch.bincount(targets[train]).tolist() == [32, 16, 8]
+    assert split_counts([40, 20, 10], 0.2, seed=5) == [32, 16, 8]
+    assert split_indices(targets, 0.0, seed=0)[1].numel() == 0
 
 
 def test_reorganise_raw_tiny_imagenet_val(tmp_path):

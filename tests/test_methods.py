@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from teddy.data import DatasetInfo, TensorImageDataset, apply_augment, pixel_bounds, sample_augment_params
+from teddy.augment import apply_augment, pixel_bounds, sample_augment_params
+from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.errors import TeddyError
 from teddy.methods import METHODS, DistillTask, get_method
 from teddy.methods.base import chosen_real

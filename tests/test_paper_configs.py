@@ -36,13 +36,17 @@ def load(name: str) -> dict:
     return yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
 
 
-def stand_in(name: str, root):
-    """A few images of the dataset in its real on-disk format."""
+def stand_in(name: str, root, cfg: dict):
+    """A few images of the dataset in its real on-disk format; a class-folder tree (counted when
+    the config loads) holds enough per class for the config's largest IPC and RDED candidates."""
     if name == "cifar10":
         return write_cifar(root, 10, n_per_batch=20)
     if name == "cifar100":
         return write_cifar(root, 100, n_per_batch=100)
-    return write_image_folder(root, per_class=4, size=64 if name == "tiny_imagenet" else 80,
+    rded = [m.get("candidates_per_class") or 0 for m in cfg["distill"]["methods"].values() if m["method"] == "rded"]
+    needed = max(cfg["distill"]["ipc"] + rded)
+    per_class = int(needed / (1 - cfg["dataset"]["val_fraction"])) + 2
+    return write_image_folder(root, per_class=per_class, size=64 if name == "tiny_imagenet" else 80,
                               words=name == "tiny_imagenet")
 
 
@@ -113,7 +117,7 @@ def test_paper_config_carries_the_method_recipe(name):
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_paper_config_dry_runs_on_a_stand_in(name, tmp_path):
     cfg = load(name)
-    cfg["dataset"]["root"] = str(stand_in(name, tmp_path / "data"))
+    cfg["dataset"]["root"] = str(stand_in(name, tmp_path / "data", cfg))
     work = tmp_path / "work"
     (work / "config").mkdir(parents=True)
     shutil.copy(REPO / "config" / "config.yaml", work / "config" / "config.yaml")  # present, as in a checkout

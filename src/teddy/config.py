@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from teddy.data import dataset_info
+from teddy.datasets import check_dataset_counts
 from teddy.errors import TeddyError
 from teddy.image_folder import check_tree, is_folder_dataset, setting
 from teddy.methods import METHODS, rded
@@ -90,3 +91,4 @@ def check_config(cfg: dict) -> None:
             if int(e) > epochs or (snapshots and int(e) not in snapshots):
                 raise TeddyError(f"pools.{name}.epochs asks for epoch {e}, beyond the base run's snapshots "
                                  f"(base.recipe.epochs={epochs}, base.snapshot_epochs={snapshots})")
+    check_dataset_counts(cfg)  # IPC and RDED candidates against the smallest class after the split

@@ -1,7 +1,12 @@
-"""Any image dataset laid out as class folders: `dataset.name: image_folder` (your own data) and
-the ImageNet subsets of the distillation literature (`imagenette`, `imagewoof`, ...).
+"""The class-folder reader: any image dataset laid out as class folders. `dataset.name:
+image_folder` is your own data; Tiny-ImageNet, ImageNet-1K and the ImageNet subsets of the
+distillation literature (`imagenette`, `imagewoof`, ...) are presets of it, whose settings
+(image size, resize, mean/std, class list) the registry holds (teddy.datasets). Tiny-ImageNet's
+and ImageNet-1K's are fixed (the config cannot change them); the subsets' are defaults.
 
-Layout: `<root>/train/<class>/*` and `<root>/val/<class>/*` (or `<root>/test/<class>/*`).
+Layout: `<root>/train/<class>/...` and `<root>/val/<class>/...` (or `<root>/test/<class>/...`);
+images may sit in subfolders of a class folder (Tiny-ImageNet's `train/<wnid>/images/`), as
+torchvision's ImageFolder reads them.
 `dataset.classes` keeps only the listed class folders (e.g. WordNet ids), in that order; the
 subset presets are such lists. Images are converted to the configured channels (L or RGB),
 resized to `image_size` (stretched, or short side then centre crop) and normalised with the
@@ -14,6 +19,7 @@ a file that is not an image stops it (`bad_images: fail`) or is listed and left 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -26,24 +32,31 @@ from tqdm import tqdm
 
 from teddy.data import DatasetInfo, FolderSubset
 from teddy.errors import TeddyError
-from teddy.imagenet_subsets import IMAGE_SIZE, MEAN, RESIZE, STD, SUBSETS, subset_names, subset_wnids
 
-GENERIC = "image_folder"
-FOLDER_DATASETS = (GENERIC, *SUBSETS)
+
+def _spec(dataset_cfg: dict):
+    from teddy.datasets import dataset_spec  # the registry imports this module
+
+    return dataset_spec(dataset_cfg["name"])
 
 
 def is_folder_dataset(dataset_cfg: dict) -> bool:
-    return dataset_cfg["name"] in FOLDER_DATASETS
+    """Class folders whose facts come from the config and the tree (image_folder, the ImageNet
+    subsets): their mean/std may need rule normalisation. Tiny-ImageNet and ImageNet-1K are read
+    by this reader too, but their facts are fixed."""
+    spec = _spec(dataset_cfg)
+    return spec.preset is not None and spec.info is None
 
 
 def setting(dataset_cfg: dict, key: str):
-    """A key of the dataset section, with the subset presets' defaults."""
-    if key in dataset_cfg:
+    """A setting of the class-folder reader (image_size, channels, resize, short_side, mean, std,
+    classes, class_names, words_file): a fixed preset's value, else the dataset section's, else
+    the preset's default."""
+    spec = _spec(dataset_cfg)
+    preset = spec.preset or {}
+    if spec.info is None and key in dataset_cfg:
         return dataset_cfg[key]
-    if dataset_cfg["name"] in SUBSETS:
-        return {"image_size": IMAGE_SIZE, "channels": 3, "resize": RESIZE, "mean": list(MEAN),
-                "std": list(STD)}.get(key)
-    return {"resize": "stretch"}.get(key)
+    return preset.get(key)
 
 
 def split_dir(dataset_cfg: dict, train: bool) -> Path:
@@ -59,17 +72,20 @@ def split_dir(dataset_cfg: dict, train: bool) -> Path:
 def class_folders(dataset_cfg: dict) -> list[str]:
     """The class folder names in label order: dataset.classes, a subset preset, or all folders of
     train/ sorted (torchvision's ImageFolder order)."""
-    if dataset_cfg.get("classes"):
-        return list(dataset_cfg["classes"])
-    if dataset_cfg["name"] in SUBSETS:
-        return subset_wnids(dataset_cfg["name"])
+    classes = setting(dataset_cfg, "classes")
+    if classes:
+        return list(classes)
     return sorted(p.name for p in split_dir(dataset_cfg, True).iterdir() if p.is_dir())
 
 
 def class_names(dataset_cfg: dict, folders: list[str]) -> list[str]:
     """Readable names: `dataset.class_names_file` (lines `<folder> <name>`, as ImageNet's
-    LOC_synset_mapping.txt or Tiny-ImageNet's words.txt), the preset's names, or the folders."""
+    LOC_synset_mapping.txt or Tiny-ImageNet's words.txt), the preset's names, the preset's
+    `words_file` in the root when present (Tiny-ImageNet's words.txt), or the folders."""
     path = dataset_cfg.get("class_names_file")
+    words = setting(dataset_cfg, "words_file")
+    if not path and words and (Path(dataset_cfg["root"]) / words).is_file():
+        path = Path(dataset_cfg["root"]) / words
     if path:
         try:
             lines = Path(path).read_text().splitlines()
@@ -77,14 +93,35 @@ def class_names(dataset_cfg: dict, folders: list[str]) -> list[str]:
             raise TeddyError(f"cannot read {path} (config key dataset.class_names_file): {exc}") from None
         mapping = dict(line.strip().split(None, 1) for line in lines if len(line.split(None, 1)) == 2)
         return [mapping.get(f, f).split(",")[0].strip() for f in folders]
-    if dataset_cfg["name"] in SUBSETS and not dataset_cfg.get("classes"):
-        return subset_names(dataset_cfg["name"])
+    names = setting(dataset_cfg, "class_names")
+    if names and not dataset_cfg.get("classes"):
+        return list(names)
     return list(folders)
 
 
 def image_files(class_dir: Path) -> list[Path]:
-    """Files torchvision's ImageFolder would take as images (by extension), sorted."""
-    return sorted(p for p in class_dir.iterdir() if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
+    """Files torchvision's ImageFolder would take as images of the class (by extension, in the
+    folder and its subfolders, links followed), sorted."""
+    return sorted(Path(d) / f for d, _, files in os.walk(class_dir, followlinks=True)
+                  for f in files if f.lower().endswith(IMG_EXTENSIONS))
+
+
+def train_counts(dataset_cfg: dict) -> list[int]:
+    """Training images per class, in label order, as the reader will hold them (before the
+    validation split): the image files of each class folder less those rule normalisation
+    listed as unreadable."""
+    skipped = set()
+    path = dataset_cfg.get("normalisation_file")
+    if path and Path(path).is_file():
+        skipped = {str(Path(p)) for p in read_normalisation(path).get("skipped", [])}
+    root = split_dir(dataset_cfg, True)
+    counts = []
+    for folder in class_folders(dataset_cfg):
+        if not (root / folder).is_dir():
+            raise TeddyError(f"class folder {root / folder} is missing (config key dataset.classes or "
+                             f"dataset.name={dataset_cfg['name']})")
+        counts.append(sum(1 for p in image_files(root / folder) if str(p) not in skipped))
+    return counts
 
 
 def check_tree(dataset_cfg: dict, min_per_class: int = 1) -> dict[str, int]:
@@ -176,8 +213,8 @@ class ImageLoader:
 
 def _transform(dataset_cfg: dict, mean=None, std=None):
     size = int(setting(dataset_cfg, "image_size"))
-    if setting(dataset_cfg, "resize") == "center_crop":
-        steps = [transforms.Resize(size), transforms.CenterCrop(size)]
+    if setting(dataset_cfg, "resize") == "center_crop":  # the short side to short_side (default: size), then the centre
+        steps = [transforms.Resize(int(setting(dataset_cfg, "short_side") or size)), transforms.CenterCrop(size)]
     else:
         steps = [transforms.Resize((size, size))]
     steps.append(transforms.ToTensor())
@@ -215,8 +252,9 @@ class SelectedImageFolder(datasets.ImageFolder):
         return self.folders, {f: i for i, f in enumerate(self.folders)}
 
 
-def load_folder_split(dataset_cfg: dict, train: bool, info: DatasetInfo) -> FolderSubset:
-    """The train/ or val|test/ split, normalised, without the files rule normalisation skipped."""
+def read_class_folders(dataset_cfg: dict, train: bool, info: DatasetInfo) -> FolderSubset:
+    """The reader: the train/ or val|test/ split, normalised, without the files rule
+    normalisation skipped."""
     skipped = ()
     path = dataset_cfg.get("normalisation_file")
     if path and Path(path).is_file():

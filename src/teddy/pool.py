@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from teddy.data import augment, stack_items
+from teddy.augment import augment
+from teddy.data import stack_items
 from teddy.errors import TeddyError
 from teddy.io import load_torch, save_text, save_torch
 from teddy.models import count_parameters

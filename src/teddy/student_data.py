@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from teddy.data import TensorImageDataset, apply_augment
+from teddy.augment import apply_augment
+from teddy.data import TensorImageDataset
 from teddy.errors import TeddyError
 
 MIX_NONE, MIX_CUTMIX, MIX_MIXUP = 0, 1, 2
@@ -91,12 +92,12 @@ def plan_epoch(num_images: int, batch_size: int, image_size: int, cfg: dict, gen
                chunks: int = 1) -> dict:
     """One epoch's plan (see the module docstring). The draw order (order, then per batch: crop
     boxes, flips, shift, mix) keeps runs without crop and mix identical to the earlier
-    batch-level augmentation of teddy.data."""
+    batch-level augmentation of teddy.augment."""
     order = torch.randperm(num_images, generator=generator)
     starts = list(range(0, num_images, batch_size))
     if chunks > 1:  # every process and accumulation step needs at least one image
         starts = [s for s in starts if min(batch_size, num_images - s) >= chunks]
-    # an empty augment section means none; otherwise teddy.data's defaults (crop, scale 0.5-1, flip)
+    # an empty augment section means none; otherwise teddy.augment's defaults (crop, scale 0.5-1, flip)
     crop = bool(cfg) and bool(cfg.get("crop", True)) and cfg.get("crop_scale", [0.5, 1.0])[0] < 1.0
     boxes, flips, shifts, kinds, lams, mix_boxes, perms, bounds = [], [], [], [], [], [], [], [0]
     max_shift = int(cfg.get("max_shift", 0))

@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from teddy.data import DatasetInfo, apply_augment, class_indices, pixel_bounds, sample_augment_params, stack_items
+from teddy.augment import apply_augment, pixel_bounds, sample_augment_params
+from teddy.data import DatasetInfo, class_indices, stack_items
 from teddy.errors import TeddyError
 from teddy.pool import WeakPool
 from teddy.shards import batch_plan, batch_seed
