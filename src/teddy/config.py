@@ -158,6 +158,20 @@ def fill_derived_defaults(cfg: dict) -> None:
     cfg["dataset"].setdefault("normalisation_file", f"{cfg['results_dir']}/data/normalisation.json")
 
 
+def fill_defaults(cfg: dict, schema_path=None) -> dict:
+    """Only the schema's defaults, in place, for a partial config (tests that run one stage):
+    missing required sections are added empty, nothing is checked."""
+    for section in ("dataset", "base", "distill", "evaluate"):
+        cfg.setdefault(section, {})
+    cfg.setdefault("results_dir", "results")
+    schema = yaml.safe_load(Path(schema_path or SCHEMA).read_text())
+    for _ in _validator_filling_defaults(schema).iter_errors(cfg):
+        pass
+    cfg["dataset"].setdefault("num_workers", 0)
+    fill_derived_defaults(cfg)
+    return cfg
+
+
 def load_config(cfg: dict, schema_path=None) -> dict:
     """The one config loader (Snakefile and tests): non-finite numbers refused, schema validated
     with its defaults filled in, derived defaults, then check_config. Works in place (Snakemake's

@@ -25,9 +25,15 @@ def stage(name: str):
 
 
 def run_stage(name: str, cfg: dict, wildcards: dict, inputs: Files, outputs: Files, machine: Machine | None = None):
-    """What a rule's job does, outside Snakemake (tests): settings from a loaded config, then run;
-    the Machine comes from the same config unless given."""
+    """What a rule's job does, outside Snakemake (tests): settings from the config with the schema's
+    defaults filled in (a partial config will do; teddy.config.fill_defaults), then run; the
+    Machine comes from the same config unless given."""
+    import copy
+
+    from teddy.config import fill_defaults
+
     mod = stage(name)
+    cfg = fill_defaults(copy.deepcopy(cfg))
     return mod.run(mod.settings(cfg, wildcards), inputs, outputs, machine or machine_from_config(cfg))
 
 
@@ -39,4 +45,12 @@ def build(cfg: dict, arch: str, seed: int | None = None):
     return build_spec(model_spec(cfg, arch), dataset_info(cfg["dataset"]), seed)
 
 
-__all__ = ["STAGES", "Files", "Machine", "build", "machine_from_config", "run_stage", "stage"]
+def student_recipe(cfg: dict, num_images: int) -> dict:
+    """evaluate.recipe with the batch capped at the set's size, as relabel and evaluate use it
+    (benchmarks)."""
+    from teddy.stages.relabel import student_recipe as capped
+
+    return capped({"recipe": cfg["evaluate"]["recipe"]}, num_images)
+
+
+__all__ = ["STAGES", "Files", "Machine", "build", "machine_from_config", "run_stage", "stage", "student_recipe"]
