@@ -168,6 +168,7 @@ def fill_defaults(cfg: dict, schema_path=None) -> dict:
     for _ in _validator_filling_defaults(schema).iter_errors(cfg):
         pass
     cfg["dataset"].setdefault("num_workers", 0)
+    cfg["dataset"].setdefault("root", ".")
     fill_derived_defaults(cfg)
     return cfg
 
