@@ -1,4 +1,5 @@
 # The config (loaded once), paths, target lists and every function the rules use.
+import functools
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -68,15 +69,21 @@ def stage_params(name):
     return dict(settings=lambda wc: settings_of(name, wc), machine=MACHINE)
 
 
+@functools.lru_cache(maxsize=None)
+def job_resources(name, wildcards, attempt):
+    """One job's resources (wildcards as a sorted tuple of items), computed once per attempt."""
+    return stage(name).resources(stage(name).settings(config, dict(wildcards)), attempt, MACHINE)
+
+
 def stage_resources(name, default_threads=1):
     """A rule's cluster resources from its stage (teddy.stages.<name>.resources): memory and
     runtime grow with the set, the architecture's throughput and the retry `attempt`;
     cpus_per_task = the rule's threads + the job's DataLoader workers."""
     def one(key):
-        return lambda wc, attempt: stage(name).resources(settings_of(name, wc), attempt, MACHINE)[key]
+        return lambda wc, attempt: job_resources(name, tuple(sorted(wc.items())), attempt)[key]
 
     def cpus(wc):
-        return threads_for(name, default_threads) + stage(name).resources(settings_of(name, wc), 1, MACHINE)["workers"]
+        return threads_for(name, default_threads) + job_resources(name, tuple(sorted(wc.items())), 1)["workers"]
 
     return dict(mem_mb=one("mem_mb"), runtime=one("runtime"), gpu=one("gpu"), cpus_per_task=cpus)
 
