@@ -149,7 +149,7 @@ def images_per_s(arch: str, image_size: int, gpus: int) -> float:
 
 
 def train_images(settings: dict) -> int:
-    limit = settings["dataset"].get("train_limit")
+    limit = settings["dataset"]["train_limit"]
     return min(TRAIN_IMAGES.get(settings["dataset"]["name"], 50000), int(limit or 10**9))
 
 
