@@ -2,7 +2,7 @@
 
 Writes a Tiny-ImageNet-shaped stand-in (200 classes, 64x64 JPEGs in the ImageFolder layout,
 `--per-class` training images each), one pool member (a small ConvNet, BatchNorm statistics
-recalibrated on the stand-in), then runs `teddy.stages.distill` for the whole set as one shard
+recalibrated on the stand-in), then runs the `distill` stage (teddy.stages.distill) for the whole set as one shard
 (every batch of the set in one job, the worst case for memory) in a fresh subprocess per IPC and
 reads that process's peak resident set size (ru_maxrss). Prints a Markdown table; the figures go
 to docs/distill_scale.md.
@@ -24,10 +24,11 @@ import numpy as np
 CHILD = """
 import json, resource, sys, time, torch
 torch.set_num_threads(1)
-from teddy import stages
+from teddy.stages import Files, run_stage
 a = json.loads(sys.argv[1])
 t0 = time.perf_counter()
-done = stages.distill(a["cfg"], "teddy", a["ipc"], 0, a["members"], a["out"])
+done = run_stage("distill", a["cfg"], {"method": "teddy", "ipc": a["ipc"], "shard": 0}, Files(pool=a["members"]),
+                 Files(done=a["out"] + "/done.json"))
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "seconds": time.perf_counter() - t0, "images": len(done["files"]),
                   "batches": len(done["batches"])}))

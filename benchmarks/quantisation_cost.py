@@ -45,7 +45,12 @@ def main() -> None:
     real = load_split(cfg["dataset"], "train")
     members = [R / "pool" / recipe["pool"] / "members" / f"{m}.pt" for m in member_names(cfg["pools"][recipe["pool"]])] \
         if recipe.get("pool") else []
-    pool = stages.distill_pool(cfg, recipe, real, device, [str(m) for m in members])
+    from teddy.config import fill_defaults
+    from teddy.stages.distill import distill_pool
+
+    settings = stages.stage("distill").settings(fill_defaults(cfg), {"method": args.method, "ipc": args.ipc,
+                                                                     "shard": 0})
+    pool = distill_pool(settings, info, real, device, [str(m) for m in members])
     task = DistillTask(real=real, info=info, pool=pool, ipc=args.ipc, recipe=recipe,
                        seed=int(cfg["distill"].get("seed", 0)), device=device, name=args.method)
     made = get_method(recipe["method"])(task)

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from teddy import stages
+from teddy.stages import Files, run_stage
 from teddy.errors import TeddyError
 from teddy.pool import save_model
 from test_paper_configs import job_counts
@@ -22,14 +23,15 @@ def tiny_cfg(root):
 
 def test_ceiling_trains_on_the_whole_training_split(tmp_path, fmnist_root, one_thread):
     cfg = tiny_cfg(fmnist_root)
-    hard = stages.ceiling(cfg, "convnet", "hard", 0, None, tmp_path / "hard.json")
+    hard = run_stage("ceiling", cfg, dict(arch="convnet", labels="hard", seed=0), Files(), Files(tmp_path / "hard.json"))
     assert hard["train_images"] == 270 and 0 <= hard["test_accuracy"] <= 1  # 300 minus the 10% val split
     assert json.loads((tmp_path / "hard.json").read_text())["labels"] == "hard"
     save_model(tmp_path / "teacher.pt", stages.build(cfg, "convnet", seed=1), {})
-    kd = stages.ceiling(cfg, "convnet", "online_kd", 0, tmp_path / "teacher.pt", tmp_path / "kd.json")
+    kd = run_stage("ceiling", cfg, dict(arch="convnet", labels="online_kd", seed=0),
+                   Files(teacher=[tmp_path / "teacher.pt"]), Files(tmp_path / "kd.json"))
     assert kd["labels"] == "online_kd" and kd["peak_gpu_mb"] is None  # CPU: no GPU memory to record
     with pytest.raises(TeddyError, match="ceiling label protocol must be hard or online_kd"):
-        stages.ceiling(cfg, "convnet", "stored", 0, None, tmp_path / "x.json")
+        run_stage("ceiling", cfg, dict(arch="convnet", labels="stored", seed=0), Files(), Files(tmp_path / "x.json"))
 
 
 def test_fashion_mnist_paper_config_dry_runs_with_every_job(tmp_path):

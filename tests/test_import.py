@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from teddy import stages
+from teddy.stages import Files, run_stage
 from teddy.errors import TeddyError
 from test_workflow import tiny_config
 
@@ -35,10 +35,16 @@ def _cfg(tmp_path, fmnist_root, peer):
 
 def _distill(cfg, tmp_path, ipc=2):
     set_dir = tmp_path / "results/distilled/peer" / f"ipc{ipc}"
-    stages.distill(cfg, "peer", ipc, 0, [], set_dir / "shards" / "0")  # a set-level method: one shard
-    stages.gather(cfg, "peer", ipc, [set_dir / "shards" / "0"], set_dir / "meta.json", set_dir / "grid.png",
-                  set_dir / "log.json")
+    done = set_dir / "shards" / "0" / "done.json"  # a set-level method: one shard
+    run_stage("distill", cfg, {"method": "peer", "ipc": ipc, "shard": 0}, Files(pool=[]), Files(done=done))
+    run_stage("gather", cfg, {"method": "peer", "ipc": ipc}, Files(shards=[done]),
+              Files(meta=set_dir / "meta.json", grid=set_dir / "grid.png", log_json=set_dir / "log.json"))
     return set_dir
+
+
+def _evaluate(cfg, set_dir, out):
+    return run_stage("evaluate", cfg, {"method": "peer", "ipc": 2, "arch": "convnet", "seed": 0, "labels": "hard"},
+                     Files(distilled=set_dir / "meta.json"), Files(out))
 
 
 def test_an_import_entry_is_evaluated_like_our_sets(tmp_path, fmnist_root):
@@ -47,7 +53,7 @@ def test_an_import_entry_is_evaluated_like_our_sets(tmp_path, fmnist_root):
     meta = json.loads((set_dir / "meta.json").read_text())
     assert meta["counts"] == [2] * 10 and meta["image_size"] == 28 and meta["method"] == "peer"
     out = tmp_path / "results/eval/peer/ipc2/convnet/hard/seed0.json"
-    result = stages.evaluate(cfg, "peer", 2, "convnet", 0, "hard", set_dir / "meta.json", None, out)
+    result = _evaluate(cfg, set_dir, out)
     assert json.loads(out.read_text()) == result and 0 <= result["test_accuracy"] <= 1
     assert result["labels"] == "hard"
 
@@ -63,10 +69,10 @@ def test_bad_imports_and_bad_sets_are_one_line(tmp_path, fmnist_root):
     broken = set_dir / "images/0003/00001.png"
     broken.write_bytes(b"not a png")
     with pytest.raises(TeddyError, match="unreadable image .*0003/00001.png"):
-        stages.evaluate(cfg, "peer", 2, "convnet", 0, "hard", set_dir / "meta.json", None, out)
+        _evaluate(cfg, set_dir, out)
     shutil.rmtree(set_dir / "images/0003")
     with pytest.raises(TeddyError, match="class folder 0003 is missing"):
-        stages.evaluate(cfg, "peer", 2, "convnet", 0, "hard", set_dir / "meta.json", None, out)
+        _evaluate(cfg, set_dir, out)
     assert not out.exists()  # nothing half-written
 
 
@@ -76,6 +82,6 @@ def test_evaluate_with_two_processes_launches_torchrun(tmp_path, fmnist_root):
     cfg["evaluate"]["processes"] = 2  # gloo on CPU; gpus_per_job > 1 does the same with NCCL
     cfg["evaluate"]["recipe"]["batch_size"] = 8
     out = tmp_path / "results/eval/peer/ipc2/convnet/hard/seed0.json"
-    result = stages.evaluate(cfg, "peer", 2, "convnet", 0, "hard", set_dir / "meta.json", None, out)
+    result = _evaluate(cfg, set_dir, out)
     assert result["processes"] == 2 and 0 <= result["test_accuracy"] <= 1
     assert json.loads(out.read_text()) == result

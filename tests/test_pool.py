@@ -15,6 +15,7 @@ import yaml
 
 from fixtures import write_fashion_mnist
 from teddy import stages
+from teddy.stages import Files, run_stage
 from teddy.config import check_config
 from teddy.data import TensorImageDataset, load_split
 from teddy.errors import TeddyError
@@ -61,7 +62,7 @@ def trained_base(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pool")
     cfg = tiny_config(write_fashion_mnist(tmp / "data", n_train=200, n_test=60), tmp / "results")
     base = tmp / "results" / "base" / "convnet"
-    stages.train_base(cfg, base / "model.pt", base / "metrics.json", base / "snapshots")
+    run_stage("train_base", cfg, {"arch": "convnet"}, Files(), Files(model=base / "model.pt", metrics=base / "metrics.json"))
     return cfg, base / "model.pt", base / "metrics.json"
 
 
@@ -70,7 +71,8 @@ def make_members(cfg, base_model, base_metrics, pool):
     paths = []
     for member in member_names(cfg["pools"][pool]):
         path = out / "members" / f"{member}.pt"
-        stages.pool_member(cfg, pool, member, base_model, base_metrics, path, checkpoint=out / f"{member}.ckpt")
+        run_stage("pool_member", cfg, {"pool": pool, "member": member}, Files(model=base_model, metrics=base_metrics),
+                  Files(path))
         paths.append(path)
     return paths, out / "manifest.csv"
 
@@ -81,7 +83,7 @@ def make_members(cfg, base_model, base_metrics, pool):
 def test_manifest_lists_every_member_with_accuracy(trained_base, pool):
     cfg, base_model, base_metrics = trained_base
     paths, manifest = make_members(cfg, base_model, base_metrics, pool)
-    stages.pool_manifest(paths, manifest)
+    run_stage("pool_manifest", cfg, {"pool": "p"}, Files(*paths), Files(manifest))
     rows = pd.DataFrame(read_manifest(manifest))
     assert list(rows["member"]) == member_names(cfg["pools"][pool])
     assert (rows["generator"] == cfg["pools"][pool]["generator"]).all()
@@ -98,8 +100,8 @@ def test_prior_members_come_from_the_named_or_closest_snapshot(trained_base):
     accuracies = {int(e): s["val_accuracy"] for e, s in load_json(base_metrics)["snapshots"].items()}
     assert sorted(accuracies) == [1, 2]
     for member, target in (("acc0.1", 0.1), ("acc0.99", 0.99)):
-        row = stages.pool_member(cfg, "by_accuracy", member, base_model, base_metrics,
-                                 Path(cfg["results_dir"]) / "acc" / f"{member}.pt")
+        row = run_stage("pool_member", cfg, {"pool": "by_accuracy", "member": member},
+                        Files(model=base_model, metrics=base_metrics), Files(Path(cfg["results_dir"]) / "acc" / f"{member}.pt"))
         closest = min(accuracies, key=lambda e: abs(accuracies[e] - target))
         assert row["made_from"] == f"epoch {closest}"
     snapshots = {1: 0.4, 2: 0.7, 3: 0.9}
@@ -111,7 +113,7 @@ def test_prior_members_come_from_the_named_or_closest_snapshot(trained_base):
 def test_post_members_shrink_with_the_ratio_and_are_fine_tuned(trained_base):
     cfg, base_model, base_metrics = trained_base
     paths, manifest = make_members(cfg, base_model, base_metrics, "post")
-    stages.pool_manifest(paths, manifest)
+    run_stage("pool_manifest", cfg, {"pool": "p"}, Files(*paths), Files(manifest))
     rows = pd.DataFrame(read_manifest(manifest))
     params, flops = rows["parameters"].astype(int).tolist(), rows["flops"].astype(int).tolist()
     base_params = count_parameters(load_model(base_model)[0])
@@ -207,7 +209,8 @@ def test_fresh_pool_trains_new_models_reproducibly(trained_base):
 def test_fresh_pool_distills_without_member_files(trained_base):
     cfg = trained_base[0]
     out = Path(cfg["results_dir"]) / "distilled" / "teddy_fresh" / "ipc1" / "shards" / "0"
-    done = stages.distill(cfg, "teddy_fresh", 1, 0, [], out)
+    done = run_stage("distill", cfg, {"method": "teddy_fresh", "ipc": 1, "shard": 0}, Files(pool=[]),
+                     Files(done=out / "done.json"))
     assert done["seconds"] > 0 and done["batch_logs"][0]["iterations"] == 3 and len(done["files"]) == 10
     assert member_names(cfg["pools"]["fresh"]) == []
 

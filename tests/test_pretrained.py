@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fixtures import write_fashion_mnist
-from teddy import stages
+from teddy.stages import Files, run_stage
 from teddy.config import check_config
 from teddy.errors import TeddyError
 from teddy.io import load_json
@@ -49,8 +49,8 @@ def test_train_base_with_weights_only_evaluates(tmp_path):
     teacher = convnet(3)
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
     out = tmp_path / "base"
-    metrics = stages.train_base(cfg_for(data, tmp_path / "teacher.pth"), out / "model.pt", out / "metrics.json",
-                                out / "snapshots")
+    metrics = run_stage("train_base", cfg_for(data, tmp_path / "teacher.pth"), {"arch": "convnet"}, Files(),
+                        Files(model=out / "model.pt", metrics=out / "metrics.json"))
     saved = load_json(out / "metrics.json")
     assert saved["history"] == [] and saved["snapshots"] == {} and saved["weights"].endswith("teacher.pth")
     assert 0 <= metrics["test_accuracy"] <= 1 and not (out / "snapshots").exists()
@@ -98,6 +98,6 @@ def test_prior_run_keeps_the_pool_snapshots(tmp_path):
     cfg["pools"] = {"prior": {"generator": "prior", "epochs": [2], "recipe": {"epochs": 2, "batch_size": 20,
                                                                               "lr": 0.05}}}
     run = tmp_path / "run"
-    metrics = stages.train_prior(cfg, "prior", run / "metrics.json", run / "snapshots")
+    metrics = run_stage("train_prior", cfg, {"pool": "prior"}, Files(), Files(metrics=run / "metrics.json"))
     assert list(metrics["snapshots"]) == ["2"] and len(metrics["history"]) == 2
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["epoch2.pt"]

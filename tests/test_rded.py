@@ -203,6 +203,7 @@ def test_image_folder_gives_the_set_the_same_images_in_memory_give(tmp_path):
 
 def test_distill_stage_writes_an_rded_set_scored_by_the_single_pool_member(tmp_path, fmnist_root):
     from teddy import stages
+    from teddy.stages import Files, run_stage
     from teddy.data import dataset_info, load_split
     from teddy.distilled_set import load_set_tensors, quantise
     from teddy.pool import load_model, save_model
@@ -214,9 +215,11 @@ def test_distill_stage_writes_an_rded_set_scored_by_the_single_pool_member(tmp_p
     save_model(tmp_path / "base.pt", stages.build(cfg, "convnet", seed=0), {"arch": "convnet"})
     set_dir = tmp_path / "distilled" / "rded" / "ipc2"
     # a set-level method: one shard holding the whole set, then the gather
-    stages.distill(cfg, "rded", 2, 0, [tmp_path / "base.pt"], set_dir / "shards" / "0")
-    stages.gather(cfg, "rded", 2, [set_dir / "shards" / "0"], set_dir / "meta.json", set_dir / "grid.png",
-                  set_dir / "log.json")
+    done = set_dir / "shards" / "0" / "done.json"
+    run_stage("distill", cfg, {"method": "rded", "ipc": 2, "shard": 0}, Files(pool=[tmp_path / "base.pt"]),
+              Files(done=done))
+    run_stage("gather", cfg, {"method": "rded", "ipc": 2}, Files(shards=[done]),
+              Files(meta=set_dir / "meta.json", grid=set_dir / "grid.png", log_json=set_dir / "log.json"))
     log = json.loads((set_dir / "log.json").read_text())["batches"][0]
     images, labels, meta = load_set_tensors(set_dir)
     assert images.shape == (20, 1, 28, 28) and labels.tolist() == [c for c in range(10) for _ in range(2)]

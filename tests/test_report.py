@@ -185,7 +185,8 @@ def test_html_holds_every_block(tmp_path):
 
 
 def test_aggregate_stage_writes_every_output_and_names_a_missing_ceiling(tmp_path):
-    from teddy import stages
+    from teddy.report import label_protocols
+    from teddy.stages import Files, run_stage
     from test_efficiency import write_job
 
     cfg = {**CFG, "dataset": {"name": "fashion_mnist"}, "results_dir": str(tmp_path)}
@@ -204,10 +205,15 @@ def test_aggregate_stage_writes_every_output_and_names_a_missing_ceiling(tmp_pat
     out = {name: tmp_path / "tables" / name for name in
            ("accuracy.csv", "accuracy.md", "accuracy.tex", "accuracy.html", "efficiency.csv")}
     plots = {labels: tmp_path / "plots" / f"{labels}.png" for labels in ("online_kd", "hard")}
-    table = stages.aggregate(cfg, evals, ceiling_jsons, benchmarks, published, *out.values(), plots)
+    assert benchmarks[0].is_relative_to(tmp_path / "benchmarks")  # read from results_dir/benchmarks
+    outputs = Files(csv=out["accuracy.csv"], md=out["accuracy.md"], tex=out["accuracy.tex"],
+                    html=out["accuracy.html"], efficiency=out["efficiency.csv"],
+                    plots=[plots[labels] for labels in label_protocols(cfg)])
+    aggregate = lambda ceilings: run_stage("aggregate", cfg, {}, Files(  # noqa: E731
+        evals=evals, ceilings=ceilings, published=sorted(published.glob("*.csv"))), outputs)
+    table = aggregate(ceiling_jsons)
     assert all(p.is_file() for p in [*out.values(), *plots.values()])
     assert set(table["kind"]) == {"ceiling", "measured", "published"}
     assert "dc (published, instance norm)" in out["accuracy.md"].read_text()
     with pytest.raises(TeddyError, match="no ceiling result for the requested cell arch=convnet labels=hard seed=1"):
-        stages.aggregate(cfg, evals, ceiling_jsons[:1] + ceiling_jsons[2:], benchmarks, published, *out.values(),
-                         plots)
+        aggregate(ceiling_jsons[:1] + ceiling_jsons[2:])

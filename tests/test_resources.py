@@ -1,11 +1,13 @@
-"""Cluster resources computed from config/imagenet1k.yaml: read back from a dry run."""
+"""Cluster resources (each stage's resources(), teddy.stages) computed from config/imagenet1k.yaml:
+read back from a dry run."""
 
 import re
 import shutil
 
 import yaml
 
-from teddy import resources
+from teddy.config import load_config
+from teddy.stages import machine_from_config, stage
 from test_workflow import REPO, snakemake
 
 
@@ -42,12 +44,38 @@ def test_imagenet1k_resources_grow_with_ipc_and_architecture(tmp_path):
     assert int(shards(100)[0]["mem_mb"]) < 16000 and shards(100)[0]["gpu"] == "1"
 
 
+def _imagenet1k():
+    cfg = load_config(yaml.safe_load((REPO / "config" / "imagenet1k.yaml").read_text()))
+    return cfg, machine_from_config(cfg)
+
+
+WILDCARDS = {"method": "teddy", "ipc": 50, "shard": 0, "arch": "resnet50", "labels": "online_kd", "seed": 0,
+             "pool": "prior", "member": "epoch1"}
+
+
 def test_a_retry_asks_for_more():
-    cfg = yaml.safe_load((REPO / "config" / "imagenet1k.yaml").read_text())
-    for rule in ("train_base", "pool_member", "distill", "relabel", "evaluate"):
-        first = resources.runtime_min(cfg, rule, 50, "resnet50", attempt=1), resources.mem_mb(cfg, rule, 50, attempt=1)
-        second = resources.runtime_min(cfg, rule, 50, "resnet50", attempt=2), resources.mem_mb(cfg, rule, 50, attempt=2)
-        assert second[0] >= 2 * first[0] - 1 and second[1] > first[1], rule
+    cfg, machine = _imagenet1k()
+    for name in ("train_base", "pool_member", "distill", "relabel", "evaluate"):
+        mod = stage(name)
+        settings = mod.settings(cfg, {**WILDCARDS, "pool": next(iter(cfg["pools"]))})
+        first, second = (mod.resources(settings, attempt, machine) for attempt in (1, 2))
+        assert second["runtime"] >= 2 * first["runtime"] - 1 and second["mem_mb"] > first["mem_mb"], name
+
+
+def test_distill_is_costed_with_the_method_defaults():
+    """An sre2l recipe without `iterations` runs the method's default (teddy.methods.full_recipe),
+    and is costed so: the same as one that states it."""
+    from teddy.methods import full_recipe
+
+    cfg, machine = _imagenet1k()
+    default = full_recipe({"method": "sre2l"})["iterations"]
+    mod = stage("distill")
+    cfg["distill"]["methods"]["implicit"] = {"method": "sre2l"}
+    cfg["distill"]["methods"]["explicit"] = {"method": "sre2l", "iterations": default}
+    cfg["distill"]["methods"]["short"] = {"method": "sre2l", "iterations": 10}
+    cost = {name: mod.resources(mod.settings(cfg, {**WILDCARDS, "method": name}), 1, machine)["runtime"]
+            for name in ("implicit", "explicit", "short")}
+    assert cost["implicit"] == cost["explicit"] > cost["short"]
 
 
 def test_the_cpu_demo_fits_the_test_node(tmp_path):

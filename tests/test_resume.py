@@ -35,9 +35,10 @@ INFO = dataset_info("fashion_mnist")
 DISTILL_JOB = """
 import json, sys, torch
 torch.set_num_threads(1)
-from teddy import stages
+from teddy.stages import Files, run_stage
 a = json.load(open(sys.argv[1]))
-stages.distill(a["cfg"], "teddy", 2, 0, a["members"], a["out"])
+run_stage("distill", a["cfg"], {"method": "teddy", "ipc": 2, "shard": 0}, Files(pool=a["members"]),
+          Files(done=a["out"] + "/done.json"))
 """
 STUDENT_JOB = """
 import json, sys, torch

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from fixtures import write_fashion_mnist
-from teddy import stages
+from teddy.stages import Files, run_stage
 from teddy.data import dataset_info, load_split
 from teddy.distilled_set import check_set, load_set_tensors, quantise, write_images
 from teddy.errors import TeddyError
@@ -50,12 +50,22 @@ def config(section, batches_per_shard=None, method="teddy"):
             "distill": {"seed": 0, "batches_per_shard": batches_per_shard, "methods": {method: recipes[method]}}}
 
 
+def distill(cfg, method, ipc, shard, members, shard_dir):
+    run_stage("distill", cfg, {"method": method, "ipc": ipc, "shard": shard}, Files(pool=members),
+              Files(done=Path(shard_dir) / "done.json"))
+
+
+def gather_set(cfg, method, ipc, shard_dirs, set_dir):
+    run_stage("gather", cfg, {"method": method, "ipc": ipc}, Files(shards=[Path(d) / "done.json" for d in shard_dirs]),
+              Files(meta=set_dir / "meta.json", grid=set_dir / "grid.png", log_json=set_dir / "log.json"))
+
+
 def run_all(cfg, members, set_dir: Path, ipc: int, method="teddy") -> dict:
     shard_dirs = []
     for k in range(shard_count(cfg, method, ipc)):
         shard_dirs.append(set_dir / "shards" / str(k))
-        stages.distill(cfg, method, ipc, k, members, shard_dirs[-1])
-    stages.gather(cfg, method, ipc, shard_dirs, set_dir / "meta.json", set_dir / "grid.png", set_dir / "log.json")
+        distill(cfg, method, ipc, k, members, shard_dirs[-1])
+    gather_set(cfg, method, ipc, shard_dirs, set_dir)
     return load_json(set_dir / "meta.json")
 
 
@@ -101,11 +111,10 @@ def test_missing_duplicated_or_out_of_range_shards_are_one_line(setup, tmp_path)
     cfg = config(section, 1)
     set_dir = tmp_path / "set"
     with pytest.raises(TeddyError, match="shard 2 is beyond the set: teddy at IPC 2 has 2 shard"):
-        stages.distill(cfg, "teddy", 2, 2, members, set_dir / "shards" / "2")
+        distill(cfg, "teddy", 2, 2, members, set_dir / "shards" / "2")
     for k in range(2):
-        stages.distill(cfg, "teddy", 2, k, members, set_dir / "shards" / str(k))
-    gather = lambda dirs: stages.gather(cfg, "teddy", 2, dirs, set_dir / "meta.json", set_dir / "grid.png",  # noqa
-                                        set_dir / "log.json")
+        distill(cfg, "teddy", 2, k, members, set_dir / "shards" / str(k))
+    gather = lambda dirs: gather_set(cfg, "teddy", 2, dirs, set_dir)  # noqa
     with pytest.raises(TeddyError, match=r"batches \[1\] of 2 are in no shard"):
         gather([set_dir / "shards" / "0"])
     with pytest.raises(TeddyError, match="shard 0 given twice"):
@@ -114,7 +123,7 @@ def test_missing_duplicated_or_out_of_range_shards_are_one_line(setup, tmp_path)
     (set_dir / "shards" / "1" / "images" / "0004" / "00001.png").unlink()
     with pytest.raises(TeddyError, match="0004/00001.png listed in done.json is missing"):
         gather([set_dir / "shards" / "0", set_dir / "shards" / "1"])
-    stages.distill(cfg, "teddy", 2, 1, members, set_dir / "shards" / "1")  # not skipped: its done.json
+    distill(cfg, "teddy", 2, 1, members, set_dir / "shards" / "1")  # not skipped: its done.json
     gather([set_dir / "shards" / "0", set_dir / "shards" / "1"])
     check_set(set_dir)
     for png in (set_dir / "images" / "0007").iterdir():

@@ -1,8 +1,14 @@
-"""Checks the schema cannot express: names that must exist in a registry or in the config."""
+"""The one config loader: `load_config(cfg)` validates against workflow/schemas/config.schema.yaml,
+fills in the schema's defaults, refuses non-finite numbers, then makes the checks the schema cannot
+express (names that must exist in a registry or in the config). The Snakefile and the tests call
+it; every stage then reads the filled-in values, never a default of its own."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import yaml
 
 from teddy.data import dataset_info
 from teddy.datasets import check_dataset_counts
@@ -11,7 +17,7 @@ from teddy.image_folder import check_tree, is_folder_dataset, setting
 from teddy.methods import METHODS, rded
 from teddy.models import MODELS, check_image_size
 from teddy.pool import member_names
-from teddy.resources import data_shape
+from teddy.stages.common import data_shape
 
 
 def check_dataset(cfg: dict) -> int:
@@ -92,3 +98,87 @@ def check_config(cfg: dict) -> None:
                 raise TeddyError(f"pools.{name}.epochs asks for epoch {e}, beyond the base run's snapshots "
                                  f"(base.recipe.epochs={epochs}, base.snapshot_epochs={snapshots})")
     check_dataset_counts(cfg)  # IPC and RDED candidates against the smallest class after the split
+
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def key_path(path) -> str:
+    return ".".join(str(k) for k in path) or "(top level)"
+
+
+def check_finite(value, path=()) -> None:
+    """Refuse NaN and infinities anywhere (YAML's .nan/.inf), naming the key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TeddyError(f"config key {key_path(path)} is {value}: numbers must be finite")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, (*path, k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, (*path, i))
+
+
+def _validator_filling_defaults(schema: dict):
+    """A Draft 2020-12 validator that writes each property's `default` where the key is absent
+    (jsonschema FAQ); nested sections are filled once they exist."""
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub:
+                    instance.setdefault(name, _copy(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": set_defaults})(schema)
+
+
+def _copy(value):
+    import copy
+
+    return copy.deepcopy(value)
+
+
+def validate_schema(cfg: dict, schema_path=None) -> dict:
+    """Validate in place against the schema, filling in its defaults; one-line TeddyError."""
+    schema = yaml.safe_load(Path(schema_path or SCHEMA).read_text())
+    errors = sorted(_validator_filling_defaults(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        raise TeddyError(f"config key {key_path(e.absolute_path)}: {e.message}")
+    return cfg
+
+
+def fill_derived_defaults(cfg: dict) -> None:
+    """Defaults that depend on other keys, which a schema cannot state."""
+    cfg["evaluate"].setdefault("num_workers", cfg["dataset"]["num_workers"])
+    cfg["dataset"].setdefault("normalisation_file", f"{cfg['results_dir']}/data/normalisation.json")
+
+
+def fill_defaults(cfg: dict, schema_path=None) -> dict:
+    """Only the schema's defaults, in place, for a partial config (tests that run one stage):
+    missing required sections are added empty, nothing is checked."""
+    for section in ("dataset", "base", "distill", "evaluate"):
+        cfg.setdefault(section, {})
+    cfg.setdefault("results_dir", "results")
+    schema = yaml.safe_load(Path(schema_path or SCHEMA).read_text())
+    for _ in _validator_filling_defaults(schema).iter_errors(cfg):
+        pass
+    cfg["dataset"].setdefault("num_workers", 0)
+    cfg["dataset"].setdefault("root", ".")
+    fill_derived_defaults(cfg)
+    return cfg
+
+
+def load_config(cfg: dict, schema_path=None) -> dict:
+    """The one config loader (Snakefile and tests): non-finite numbers refused, schema validated
+    with its defaults filled in, derived defaults, then check_config. Works in place (Snakemake's
+    `config` stays the same dict) and returns cfg; raises TeddyError naming the key."""
+    check_finite(cfg)
+    validate_schema(cfg, schema_path)
+    fill_derived_defaults(cfg)
+    check_config(cfg)
+    return cfg

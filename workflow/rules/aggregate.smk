@@ -1,23 +1,6 @@
 # Stage 6: the paper's tables (blocks per student and label protocol, ceiling first, published
 # rows beside ours), the efficiency table and accuracy-vs-IPC plots, all marked for
 # `snakemake --report report.html` (captions in workflow/report/).
-from pathlib import Path
-
-from teddy.published import published_files
-from teddy.report import label_protocols
-
-LABEL_PROTOCOLS = label_protocols(config)
-# evaluate's own output pattern: a {labels} level in it is expanded too, and without one
-# the duplicates expand would make are dropped
-EVAL_JSONS = list(dict.fromkeys(expand(rules.evaluate.output[0], method=METHOD_NAMES, ipc=IPCS, arch=STUDENTS,
-                                       labels=LABEL_PROTOCOLS, seed=SEEDS)))
-PUBLISHED = config.get("published_results") or str(Path(workflow.basedir).parent / "config" / "published")
-try:
-    PUBLISHED_FILES = [str(p) for p in published_files(PUBLISHED)]
-except TeddyError as exc:
-    raise WorkflowError(f"bad config: {exc}")
-
-
 rule aggregate:
     input:
         evals=EVAL_JSONS,
@@ -34,13 +17,15 @@ rule aggregate:
                       category="Plots", labels={"plot": "accuracy vs IPC", "labels": labels})
                for labels in LABEL_PROTOCOLS],
     params:
-        benchmarks=f"{R}/benchmarks",
-        published=PUBLISHED,
-        label_protocols=LABEL_PROTOCOLS,
+        **stage_params("aggregate"),
     log:
         f"{R}/logs/aggregate.log",
     benchmark:
         f"{R}/benchmarks/aggregate/aggregate.tsv"
     threads: 1
+    resources:
+        **stage_resources("aggregate"),
+    conda:
+        "../envs/teddy.yaml"
     script:
         "../scripts/aggregate.py"

@@ -1,33 +1,48 @@
-# Config checks, paths and target functions shared by every stage.
+# The config (loaded once), paths, target lists and every function the rules use.
+import functools
+from pathlib import Path
+
 from snakemake.exceptions import WorkflowError
 
-from teddy.config import check_config
+from teddy.config import load_config
 from teddy.errors import TeddyError
 from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
-from teddy.provenance import stage_settings
-from teddy import resources as res
+from teddy.published import published_files
+from teddy.report import ceiling_protocols, label_protocols
 from teddy.shards import shard_count
+from teddy.stages import machine_from_config, stage
 
+# schema validation with its defaults filled in, then the semantic checks (teddy.config)
 try:
-    check_config(config)
+    load_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 except TeddyError as exc:
     raise WorkflowError(f"bad config: {exc}")
 
 R = config["results_dir"]
+# where the data is and how fast jobs read it: a param of every stage, never recorded by Snakemake
+MACHINE = machine_from_config(config)
 # class-folder datasets: the stages read mean/std (unless configured) and the skipped files from
 # this file, written by rule normalisation and declared as an input of every stage reading images
-NORMALISATION_FILE = config["dataset"].setdefault("normalisation_file", f"{R}/data/normalisation.json")
+NORMALISATION_FILE = config["dataset"]["normalisation_file"]
 DATA = [NORMALISATION_FILE] if is_folder_dataset(config["dataset"]) else []
 BASE_ARCH = config["base"]["arch"]
-THREADS = config.get("threads", {})
 METHOD_NAMES = list(config["distill"]["methods"])
 IPCS = [int(i) for i in config["distill"]["ipc"]]
 STUDENTS = list(config["evaluate"]["students"])
 SEEDS = [int(s) for s in config["evaluate"]["seeds"]]
-# label protocols: a list, or one name (the older form); a wildcard of the evaluation paths
-_labels = config["evaluate"].get("labels", "online_kd")
-LABELS = [_labels] if isinstance(_labels, str) else list(_labels)
+LABEL_PROTOCOLS = label_protocols(config)
+CEILING_SEEDS = [int(s) for s in (config.get("ceiling") or {}).get("seeds", [])]
+CEILING_JSONS = expand(f"{R}/ceiling/{{arch}}/{{labels}}/seed{{seed}}.json", arch=STUDENTS,
+                       labels=ceiling_protocols(config), seed=CEILING_SEEDS)
+EVAL_JSONS = expand(f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.json", method=METHOD_NAMES,
+                    ipc=IPCS, arch=STUDENTS, labels=LABEL_PROTOCOLS, seed=SEEDS)
+PUBLISHED = config.get("published_results") or str(Path(workflow.basedir).parent / "config" / "published")
+try:
+    PUBLISHED_FILES = [str(p) for p in published_files(PUBLISHED)]
+except TeddyError as exc:
+    raise WorkflowError(f"bad config: {exc}")
+
 
 wildcard_constraints:
     ipc=r"\d+",
@@ -40,38 +55,72 @@ wildcard_constraints:
     labels=r"online_kd|stored|hard",
 
 
-def settings_of(stage):
-    """A rule param: the config values the job's output depends on (teddy.provenance), so that
-    changing one reruns the jobs it affects and nothing else."""
-    return lambda wc: stage_settings(config, stage, **dict(wc.items()))
-
-
 def threads_for(rule_name, default=1):
-    return int(THREADS.get(rule_name, default))
+    return int(config["threads"].get(rule_name, default))
 
 
-# Cluster resources per job, from the config (formulas documented in teddy/resources.py): memory
-# and runtime grow with the set (IPC x classes), the architecture's throughput and the retry
-# `attempt`; cpus_per_task = the rule's configured threads + DataLoader workers; GPUs = gpus_per_job.
-def job_resources(rule_name, default_threads=1):
-    def ipc_of(wc):
-        return int(getattr(wc, "ipc", 1))
+def settings_of(name, wildcards):
+    return stage(name).settings(config, dict(wildcards.items()))
 
-    return dict(
-        gpu=res.gpus(config, rule_name),
-        mem_mb=lambda wc, attempt: res.mem_mb(config, rule_name, ipc_of(wc), attempt),
-        runtime=lambda wc, attempt: res.runtime_min(config, rule_name, ipc_of(wc), getattr(wc, "arch", None), attempt),
-        cpus_per_task=res.cpus(config, rule_name, threads_for(rule_name, default_threads)),
-    )
+
+def stage_params(name):
+    """A rule's params: its stage's settings (recorded: a change reruns exactly its jobs) and the
+    Machine (a dataclass, which Snakemake does not record: moving the data reruns nothing)."""
+    return dict(settings=lambda wc: settings_of(name, wc), machine=MACHINE)
+
+
+@functools.lru_cache(maxsize=None)
+def job_resources(name, wildcards, attempt):
+    """One job's resources (wildcards as a sorted tuple of items), computed once per attempt."""
+    return stage(name).resources(stage(name).settings(config, dict(wildcards)), attempt, MACHINE)
+
+
+def stage_resources(name, default_threads=1):
+    """A rule's cluster resources from its stage (teddy.stages.<name>.resources): memory and
+    runtime grow with the set, the architecture's throughput and the retry `attempt`;
+    cpus_per_task = the rule's threads + the job's DataLoader workers."""
+    def one(key):
+        return lambda wc, attempt: job_resources(name, tuple(sorted(wc.items())), attempt)[key]
+
+    def cpus(wc):
+        return threads_for(name, default_threads) + job_resources(name, tuple(sorted(wc.items())), 1)["workers"]
+
+    return dict(mem_mb=one("mem_mb"), runtime=one("runtime"), gpu=one("gpu"), cpus_per_task=cpus)
 
 
 def pool_members(pool):
     return [f"{R}/pool/{pool}/members/{m}.pt" for m in member_names(config["pools"][pool])]
 
 
+def pool_members_of(wildcards):
+    return pool_members(wildcards.pool)
+
+
 def distill_pool_inputs(wildcards):
     pool = config["distill"]["methods"][wildcards.method].get("pool")
     return pool_members(pool) if pool else []
+
+
+def snapshot_metrics(wildcards):
+    """A prior pool with a recipe of its own takes its snapshots from its own run (train_prior)."""
+    if config["pools"][wildcards.pool].get("recipe"):
+        return f"{R}/pool/{wildcards.pool}/run/metrics.json"
+    return f"{R}/base/{BASE_ARCH}/metrics.json"
+
+
+def shard_done_files(wildcards):
+    count = shard_count(config, wildcards.method, int(wildcards.ipc))
+    return [f"{R}/distilled/{wildcards.method}/ipc{wildcards.ipc}/shards/{k}/done.json" for k in range(count)]
+
+
+def teacher_if_online_kd(wildcards):
+    return [f"{R}/base/{BASE_ARCH}/model.pt"] if wildcards.labels == "online_kd" else []
+
+
+def soft_labels_if_stored(wildcards):
+    if wildcards.labels != "stored":
+        return []
+    return [f"{R}/distilled/{wildcards.method}/ipc{wildcards.ipc}/soft_labels/seed{wildcards.seed}/meta.json"]
 
 
 def used_pools():

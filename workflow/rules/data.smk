@@ -4,11 +4,15 @@ rule normalisation:
     output:
         NORMALISATION_FILE,
     params:
-        settings=settings_of("normalisation"),
+        **stage_params("normalisation"),
     log:
         f"{R}/logs/normalisation.log",
     benchmark:
         f"{R}/benchmarks/normalisation/normalisation.tsv"
     threads: 1
+    resources:
+        **stage_resources("normalisation"),
+    conda:
+        "../envs/teddy.yaml"
     script:
         "../scripts/normalisation.py"

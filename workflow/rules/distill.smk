@@ -1,11 +1,6 @@
 # Stage 3: one distillation job per (method, IPC, shard), a shard being a range of synthetic
 # batches (distill.batches_per_shard; teddy.shards), then one gather per (method, IPC) that checks
 # the shards and assembles the set: an ImageFolder of PNGs plus meta.json (teddy.distilled_set).
-def shard_done_files(wildcards):
-    count = shard_count(config, wildcards.method, int(wildcards.ipc))
-    return [f"{R}/distilled/{wildcards.method}/ipc{wildcards.ipc}/shards/{k}/done.json" for k in range(count)]
-
-
 rule distill:
     input:
         data=DATA,
@@ -15,15 +10,16 @@ rule distill:
         # rerun of an interrupted shard keeps the batches it finished
         done=f"{R}/distilled/{{method}}/ipc{{ipc}}/shards/{{shard}}/done.json",
     params:
-        shard_dir=f"{R}/distilled/{{method}}/ipc{{ipc}}/shards/{{shard}}",
-        settings=settings_of("distill"),
+        **stage_params("distill"),
     log:
         f"{R}/logs/distill/{{method}}/ipc{{ipc}}/shard{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/distill/{{method}}/ipc{{ipc}}/shard{{shard}}.tsv"
     threads: threads_for("distill")
     resources:
-        **job_resources("distill"),
+        **stage_resources("distill"),
+    conda:
+        "../envs/teddy.yaml"
     script:
         "../scripts/distill.py"
 
@@ -38,12 +34,16 @@ rule gather:
         grid=report(f"{R}/distilled/{{method}}/ipc{{ipc}}/grid.png", caption="../report/grid.rst",
                     category="Distilled images", subcategory="{method}", labels={"method": "{method}", "IPC": "{ipc}"}),
         log_json=f"{R}/distilled/{{method}}/ipc{{ipc}}/log.json",
+    params:
+        **stage_params("gather"),
     log:
         f"{R}/logs/gather/{{method}}/ipc{{ipc}}.log",
     benchmark:
         f"{R}/benchmarks/gather/{{method}}/ipc{{ipc}}.tsv"
     threads: 1
     resources:
-        **job_resources("gather"),
+        **stage_resources("gather"),
+    conda:
+        "../envs/teddy.yaml"
     script:
         "../scripts/gather.py"

@@ -6,20 +6,20 @@ rule evaluate:
     input:
         data=DATA,
         distilled=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
-        teacher=lambda wc: [f"{R}/base/{BASE_ARCH}/model.pt"] if wc.labels == "online_kd" else [],
-        soft_labels=lambda wc: ([f"{R}/distilled/{wc.method}/ipc{wc.ipc}/soft_labels/seed{wc.seed}/meta.json"]
-                                if wc.labels == "stored" else []),
+        teacher=teacher_if_online_kd,
+        soft_labels=soft_labels_if_stored,
     output:
         f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.json",
     params:
-        checkpoint=f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.ckpt",
-        settings=settings_of("evaluate"),
+        **stage_params("evaluate"),
     log:
         f"{R}/logs/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.tsv"
     threads: threads_for("evaluate")
     resources:
-        **job_resources("evaluate"),
+        **stage_resources("evaluate"),
+    conda:
+        "../envs/teddy.yaml"
     script:
         "../scripts/evaluate.py"

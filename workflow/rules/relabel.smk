@@ -9,13 +9,15 @@ rule relabel:
     output:
         f"{R}/distilled/{{method}}/ipc{{ipc}}/soft_labels/seed{{seed}}/meta.json",
     params:
-        settings=settings_of("relabel"),
+        **stage_params("relabel"),
     log:
         f"{R}/logs/relabel/{{method}}/ipc{{ipc}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/relabel/{{method}}/ipc{{ipc}}/seed{{seed}}.tsv"
     threads: threads_for("relabel")
     resources:
-        **job_resources("relabel"),
+        **stage_resources("relabel"),
+    conda:
+        "../envs/teddy.yaml"
     script:
         "../scripts/relabel.py"

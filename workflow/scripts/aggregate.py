@@ -1,11 +1,5 @@
-from pathlib import Path
-
-from teddy import stages
 from teddy.runner import stage
+from teddy.stages.aggregate import run
 
 with stage(snakemake):
-    benchmarks = sorted(Path(snakemake.params.benchmarks).rglob("*.tsv"))
-    out = snakemake.output
-    stages.aggregate(snakemake.config, list(snakemake.input.evals), list(snakemake.input.ceilings), benchmarks,
-                     snakemake.params.published, out.csv, out.md, out.tex, out.html, out.efficiency,
-                     dict(zip(snakemake.params.label_protocols, out.plots)))
+    run(snakemake.params.settings, snakemake.input, snakemake.output, snakemake.params.machine)

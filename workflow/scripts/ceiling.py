@@ -1,7 +1,5 @@
-from teddy import stages
 from teddy.runner import stage
+from teddy.stages.ceiling import run
 
 with stage(snakemake):
-    stages.ceiling(snakemake.config, snakemake.wildcards.arch, snakemake.wildcards.labels, int(snakemake.wildcards.seed),
-                   snakemake.input.teacher[0] if snakemake.input.teacher else None, snakemake.output[0],
-                   checkpoint=snakemake.params.checkpoint)
+    run(snakemake.params.settings, snakemake.input, snakemake.output, snakemake.params.machine)

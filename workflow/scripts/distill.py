@@ -1,7 +1,5 @@
-from teddy import stages
 from teddy.runner import stage
+from teddy.stages.distill import run
 
 with stage(snakemake):
-    w = snakemake.wildcards
-    stages.distill(snakemake.config, w.method, int(w.ipc), int(w.shard), list(snakemake.input.pool),
-                   snakemake.params.shard_dir)
+    run(snakemake.params.settings, snakemake.input, snakemake.output, snakemake.params.machine)

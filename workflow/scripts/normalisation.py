@@ -1,5 +1,5 @@
-from teddy import stages
 from teddy.runner import stage
+from teddy.stages.normalisation import run
 
 with stage(snakemake):
-    stages.normalisation(snakemake.config, snakemake.output[0])
+    run(snakemake.params.settings, snakemake.input, snakemake.output, snakemake.params.machine)

@@ -1,5 +1,5 @@
-from teddy import stages
 from teddy.runner import stage
+from teddy.stages.pool_manifest import run
 
 with stage(snakemake):
-    stages.pool_manifest(list(snakemake.input), snakemake.output[0])
+    run(snakemake.params.settings, snakemake.input, snakemake.output, snakemake.params.machine)

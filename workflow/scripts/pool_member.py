@@ -1,7 +1,5 @@
-from teddy import stages
 from teddy.runner import stage
+from teddy.stages.pool_member import run
 
 with stage(snakemake):
-    stages.pool_member(snakemake.config, snakemake.wildcards.pool, snakemake.wildcards.member,
-                       snakemake.input.model, snakemake.input.metrics, snakemake.output[0],
-                       snakemake.params.checkpoint)
+    run(snakemake.params.settings, snakemake.input, snakemake.output, snakemake.params.machine)

@@ -1,6 +1,5 @@
-from teddy import stages
 from teddy.runner import stage
+from teddy.stages.relabel import run
 
 with stage(snakemake):
-    stages.relabel(snakemake.config, int(snakemake.wildcards.seed), snakemake.input.distilled,
-                   snakemake.input.teacher, snakemake.output[0])
+    run(snakemake.params.settings, snakemake.input, snakemake.output, snakemake.params.machine)

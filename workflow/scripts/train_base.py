@@ -1,6 +1,5 @@
-from teddy import stages
 from teddy.runner import stage
+from teddy.stages.train_base import run
 
 with stage(snakemake):
-    stages.train_base(snakemake.config, snakemake.output.model, snakemake.output.metrics,
-                      snakemake.params.snapshots, snakemake.params.checkpoint)
+    run(snakemake.params.settings, snakemake.input, snakemake.output, snakemake.params.machine)

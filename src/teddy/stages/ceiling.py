@@ -1,0 +1,54 @@
+"""Rule ceiling: the ceiling row of a (student, label protocol) block: `ceiling.recipe` on the
+whole real training set (validation split held out as everywhere), hard labels or online KD from
+the base model; top-1 on the real test set."""
+
+from __future__ import annotations
+
+import time
+
+from teddy.data import dataset_info, load_split
+from teddy.efficiency import peak_gpu_memory_mb
+from teddy.errors import TeddyError
+from teddy.io import save_json
+from teddy.pool import load_model
+from teddy.stages.common import Machine, build, dataset_cfg, dataset_settings, first, model_spec, \
+    training_request, train_images
+from teddy.resume import remove_checkpoint
+from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
+
+
+def settings(cfg: dict, wildcards: dict) -> dict:
+    arch = str(wildcards["arch"])
+    return {"dataset": dataset_settings(cfg), "recipe": cfg["ceiling"]["recipe"], "model": model_spec(cfg, arch),
+            "arch": arch, "labels": str(wildcards["labels"]), "seed": int(wildcards["seed"])}
+
+
+def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
+    """A student on the whole real training set: as train_base, with the ceiling recipe."""
+    return training_request(settings, machine, settings["recipe"]["epochs"], train_images(settings, machine),
+                            settings["arch"], attempt)
+
+
+def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
+    """inputs.teacher (online_kd only); outputs[0] the result JSON, the checkpoint beside it."""
+    arch, labels, seed = settings["arch"], settings["labels"], settings["seed"]
+    if labels not in ("hard", "online_kd"):
+        raise TeddyError(f"ceiling label protocol must be hard or online_kd, got '{labels}'")
+    out_json = str(outputs[0])
+    checkpoint = out_json.removesuffix(".json") + ".ckpt"
+    data = dataset_cfg(settings, machine)
+    device = resolve_device(machine.device)
+    train_set = load_split(data, "train")
+    teacher_path = first(getattr(inputs, "teacher", None))
+    teacher = load_model(teacher_path, what="teacher (base model)")[0] if labels == "online_kd" else None
+    info = dataset_info(data)
+    model = build(settings["model"], info, seed=seed)
+    t0 = time.perf_counter()
+    fit(model, train_set, {"eval_every": 0, **settings["recipe"]}, device, seed=seed,
+        targets=targets_for(teacher), checkpoint_path=checkpoint, desc=f"ceiling {arch} {labels} seed{seed}", info=info)
+    result = {"arch": arch, "labels": labels, "seed": seed, "train_images": len(train_set),
+              "test_accuracy": evaluate_accuracy(model, load_split(data, "test"), device),
+              "train_seconds": time.perf_counter() - t0, "peak_gpu_mb": peak_gpu_memory_mb()}
+    save_json(result, out_json)
+    remove_checkpoint(checkpoint)
+    return result

@@ -1,0 +1,124 @@
+"""Rule distill: one shard of one (method, IPC) set, its synthetic batches (teddy.shards) written
+as PNGs batch by batch, then done.json. The shard's batch markers and meta.json hash and record
+this stage's settings, so a shard started again keeps every batch finished under the same
+settings (moving the dataset changes none)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from teddy.data import dataset_info, load_split
+from teddy.distilled_set import index_within_class
+from teddy.errors import TeddyError
+from teddy.methods import DistillTask, full_recipe, get_method, per_batch
+from teddy.methods.base import SyntheticBatch
+from teddy.pool import FreshModelPool, load_pool
+from teddy.shard_store import ShardWriter
+from teddy.shards import num_batches, shard_ranges
+from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, images_per_s, model_spec, request,
+                                 shape)
+from teddy.stages.pool_member import finetune_recipe
+from teddy.resume import remove_checkpoint
+from teddy.train import resolve_device
+
+
+def settings(cfg: dict, wildcards: dict) -> dict:
+    method = str(wildcards["method"])
+    recipe = cfg["distill"]["methods"][method]
+    pool_name = recipe.get("pool")
+    pool = cfg["pools"][pool_name] if pool_name else None
+    out = {"dataset": dataset_settings(cfg), "method": method, "ipc": int(wildcards["ipc"]),
+           "shard": int(wildcards["shard"]), "seed": int(cfg["distill"]["seed"]), "recipe": recipe,
+           "batches_per_shard": cfg["distill"]["batches_per_shard"], "pool_name": pool_name, "pool": pool,
+           "model": model_spec(cfg, cfg["base"]["arch"])}
+    if pool is not None and pool["generator"] == "fresh":  # the fresh models' steps follow this recipe
+        out["finetune"] = finetune_recipe(pool, cfg["base"]["recipe"])
+    return out
+
+
+def shards(recipe: dict, ipc: int, classes: int, batches_per_shard) -> list[range]:
+    """The shards (ranges of batch indices) of one (method, IPC). A set-level method (herding,
+    whole-set selections) is one shard holding the whole set, written as one "batch" 0."""
+    full = full_recipe(recipe)
+    if not per_batch(full["method"]):
+        return [range(1)]
+    return shard_ranges(num_batches(int(classes), int(ipc), int(full.get("batch_size", 100))), batches_per_shard)
+
+
+def job_images(settings: dict, classes: int) -> tuple[int, int]:
+    """(images one job optimises, images of one synthetic batch): the set, or one shard's batches
+    (set-level methods always hold the whole set)."""
+    full = full_recipe(settings["recipe"])
+    whole = int(settings["ipc"]) * classes
+    batch = min(int(full.get("batch_size", 100)), whole)
+    if settings["batches_per_shard"] is None or not per_batch(full["method"]):
+        return whole, batch
+    return min(whole, int(settings["batches_per_shard"]) * batch), batch
+
+
+def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
+    """runtime = 1.5 x iterations x images of one job / images/s (base arch) + 10 min (one synthetic
+    image-iteration costs about one student training image: measured 29 s per 1000 steps of a batch
+    of 100 on ResNet-18, H100, benchmarks/gpu_distill_batch.py); memory = 4 GB + 0.5 GB per worker
+    + 4 copies of one synthetic batch (pixels, gradient, two Adam moments)."""
+    classes, channels, size = shape(settings, machine)
+    images, batch = job_images(settings, classes)
+    iterations = int(full_recipe(settings["recipe"]).get("iterations", 1))
+    seconds = iterations * images / images_per_s(settings["model"]["arch"], size, machine.gpus_per_job)
+    batch_mb = batch * channels * size ** 2 * 4 / 2**20
+    return request(4000 + machine.num_workers * 500 + 4 * batch_mb, seconds, attempt, machine.gpus_per_job,
+                   machine.num_workers)
+
+
+def distill_pool(settings: dict, info, real, device, pool_member_paths):
+    """The models a method matches against: a fresh-model pool, the stored members, or None."""
+    pool, recipe = settings["pool"], settings["recipe"]
+    if pool is not None and pool["generator"] == "fresh":
+        return FreshModelPool(lambda: build(settings["model"], info), real, settings["finetune"],
+                              steps=int(pool["fresh_steps"]), device=device)
+    if pool_member_paths:
+        return load_pool(pool_member_paths, policy=recipe.get("sampling", "uniform"), size=recipe.get("pool_size"))
+    return None
+
+
+def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
+    """inputs.pool (the pool members, if any); outputs.done. Batches an earlier start finished
+    under the same settings are skipped; the current one resumes from distill.ckpt beside done."""
+    method_name, ipc, shard, seed = settings["method"], settings["ipc"], settings["shard"], settings["seed"]
+    recipe = settings["recipe"]
+    data = dataset_cfg(settings, machine)
+    info = dataset_info(data)
+    ranges = shards(recipe, ipc, info.num_classes, settings["batches_per_shard"])
+    if not 0 <= shard < len(ranges):
+        raise TeddyError(f"shard {shard} is beyond the set: {method_name} at IPC {ipc} has {len(ranges)} shard(s) "
+                         f"(config key distill.batches_per_shard)")
+    device = resolve_device(machine.device)
+    shard_dir = Path(outputs.done).parent
+    checkpoint = shard_dir / "distill.ckpt"
+    pool_member_paths = [str(p) for p in getattr(inputs, "pool", [])]
+    real = load_split(data, "train")
+    writer = ShardWriter(shard_dir, settings, info.mean, info.std, checkpoint)
+    method = get_method(recipe["method"])
+    batches = ranges[shard]
+    todo = [b for b in batches if not writer.done(b)]
+    if todo:
+        pool = distill_pool(settings, info, real, device, pool_member_paths)
+        task = DistillTask(real=real, info=info, pool=pool, ipc=ipc, recipe=recipe, seed=seed, device=device,
+                           checkpoint_path=checkpoint, name=method_name)
+        if per_batch(recipe["method"]):
+            if len(todo) < len(batches):
+                print(f"resuming shard {shard}: batches {sorted(set(batches) - set(todo))} already written",
+                      file=sys.stderr)
+            method(replace(task, batches=todo, on_batch=writer.write_batch))
+        else:  # a set-level method: the whole set at once, one "batch" 0
+            result = method(task)
+            index = result.index_in_class if result.index_in_class is not None else \
+                torch.tensor(index_within_class(result.labels))
+            writer.write_batch(SyntheticBatch(0, result.images, result.labels, index, result.log))
+    done = writer.finish(shard, batches, real.class_names)
+    remove_checkpoint(checkpoint)
+    return done

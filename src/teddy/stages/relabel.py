@@ -1,0 +1,73 @@
+"""Rule relabel (evaluate.labels: stored): the teacher's top-k logits on every augmented batch of
+every epoch of one student seed's run, one file per epoch beside meta.json (teddy.label_store)."""
+
+from __future__ import annotations
+
+from teddy.data import dataset_info
+from teddy.label_store import write_label_store
+from teddy.pool import load_model
+from teddy.stages.common import (Machine, dataset_cfg, dataset_settings, images_per_s, memory_mb, request, shape,
+                                 student_processes)
+from teddy.student_data import load_student_set
+from teddy.train import resolve_device
+
+
+def settings(cfg: dict, wildcards: dict) -> dict:
+    """What a student run's batches are (shared with evaluate: relabel and evaluate must agree on
+    the recipe and on the processes, whose chunks draw the CutMix partners), and the teacher."""
+    ev = cfg["evaluate"]
+    return {"dataset": dataset_settings(cfg), "recipe": ev["recipe"], "keep_topk": ev["keep_topk"],
+            "processes": ev["processes"], "gpus_per_job": int(cfg["gpus_per_job"]),
+            "teacher": cfg["base"]["arch"], "method": str(wildcards["method"]), "ipc": int(wildcards["ipc"]),
+            "seed": int(wildcards["seed"])}
+
+
+def student_recipe(settings: dict, num_images: int) -> dict:
+    """evaluate.recipe with the batch capped at the distilled set's size (shared by evaluate)."""
+    recipe = dict(settings["recipe"])
+    recipe["batch_size"] = min(int(recipe["batch_size"]), num_images)
+    return recipe
+
+
+def student_set(machine: Machine, distilled_meta):
+    return load_student_set(distilled_meta, machine.in_memory_max_mb, machine.student_workers)
+
+
+def student_memory_mb(settings: dict, machine: Machine) -> float:
+    """3 GB + the set in memory (when below evaluate.in_memory_max_mb, else 0) + per worker
+    (0.5 GB + 2 prefetched micro-batches) + one stored-label epoch file (shared by evaluate)."""
+    classes, channels, size = shape(settings, machine)
+    images = int(settings["ipc"]) * classes
+    set_mb = images * channels * size ** 2 * 4 / 2**20
+    recipe = settings["recipe"]
+    in_memory = set_mb if set_mb <= machine.in_memory_max_mb else 0.0
+    micro = int(recipe["batch_size"]) / max(1, int(recipe["accumulate"]))
+    batch_mb = micro * channels * size ** 2 * 4 / 2**20
+    k = int(settings["keep_topk"] or classes)
+    epoch_labels_mb = images * (4 * k + 25) / 2**20
+    return 3000 + in_memory + machine.student_workers * (500 + 2 * batch_mb) + 4 * batch_mb + epoch_labels_mb
+
+
+def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
+    """runtime = 1.5 x epochs x IPC x classes / (3 x images/s of the teacher) + 10 min."""
+    classes, _, size = shape(settings, machine)
+    epochs = int(settings["recipe"]["epochs"])
+    seconds = epochs * int(settings["ipc"]) * classes / (3 * images_per_s(settings["teacher"], size,
+                                                                          machine.gpus_per_job))
+    out = request(0, seconds, attempt, machine.gpus_per_job, machine.student_workers)
+    out["mem_mb"] = memory_mb(student_memory_mb(settings, machine), attempt)
+    return out
+
+
+def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
+    """inputs.distilled (the set's meta.json), inputs.teacher; outputs[0] the store's meta.json."""
+    device = resolve_device(machine.device)
+    train_set, meta = student_set(machine, inputs.distilled)
+    info = dataset_info(dataset_cfg(settings, machine))
+    teacher, _ = load_model(inputs.teacher, what="teacher (base model)")
+    recipe = student_recipe(settings, len(train_set))
+    chunks = student_processes(settings, device) * int(settings["recipe"]["accumulate"])
+    return write_label_store(outputs[0], train_set, teacher, recipe, settings["seed"], device,
+                             set_hash=meta["set_hash"], num_classes=info.num_classes, image_size=info.image_size,
+                             keep_topk=settings["keep_topk"], chunks=chunks, mean=info.mean, std=info.std,
+                             num_workers=getattr(train_set, "num_workers", 0))

@@ -1,0 +1,84 @@
+"""Rule train_base: the base ("squeeze") model on the real training set, keeping a snapshot of
+each wanted epoch beside it (for a prior pool); or (base.weights) pretrained weights, evaluated."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+from teddy.data import dataset_info, load_split
+from teddy.io import save_json
+from teddy.pool import save_model
+from teddy.pretrained import load_pretrained
+from teddy.stages.common import Machine, build, dataset_cfg, dataset_settings, model_spec, training_request, \
+    train_images
+from teddy.resume import remove_checkpoint
+from teddy.train import evaluate_accuracy, fit, resolve_device
+
+
+def settings(cfg: dict, wildcards: dict) -> dict:
+    base = cfg["base"]
+    return {"dataset": dataset_settings(cfg), "base": base, "model": model_spec(cfg, base["arch"])}
+
+
+def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
+    recipe = settings["base"]["recipe"]
+    return training_request(settings, machine, recipe["epochs"], train_images(settings, machine),
+                            settings["model"]["arch"], attempt)
+
+
+def train_snapshots(settings: dict, machine: Machine, recipe: dict, wanted_epochs, snapshot_dir, checkpoint,
+                    desc: str):
+    """Train settings' model from scratch on the real training set with `recipe`, keeping a
+    snapshot of each wanted epoch (all when None); returns (model, history, snapshots, seconds).
+    Shared by train_prior."""
+    data = dataset_cfg(settings, machine)
+    device = resolve_device(machine.device)
+    train_set, val_set = load_split(data, "train"), load_split(data, "val")
+    seed = int(settings["base"]["seed"])
+    info = dataset_info(data)
+    model = build(settings["model"], info, seed=seed)
+    recipe = {"eval_every": 1, **recipe}
+    wanted = set(wanted_epochs or range(1, int(recipe["epochs"]) + 1))
+    snapshot_dir = Path(snapshot_dir)
+
+    def keep_snapshot(epoch, model, metrics):
+        if epoch in wanted:
+            save_model(snapshot_dir / f"epoch{epoch}.pt", copy.deepcopy(model),
+                       {"epoch": epoch, "val_accuracy": metrics.get("eval_accuracy")})
+
+    t0 = time.perf_counter()
+    history = fit(model, train_set, recipe, device, seed=seed, eval_set=val_set,
+                          on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=desc, info=info)
+    snapshots = {str(h["epoch"]): {"path": str(snapshot_dir / f"epoch{h['epoch']}.pt"),
+                                   "val_accuracy": h["eval_accuracy"]} for h in history if h["epoch"] in wanted}
+    return model, history, snapshots, time.perf_counter() - t0
+
+
+def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
+    """outputs.model, outputs.metrics; the snapshots and the checkpoint lie beside them."""
+    base = settings["base"]
+    arch = settings["model"]["arch"]
+    out_dir = Path(outputs.model).parent
+    checkpoint = out_dir / "train.ckpt"
+    data = dataset_cfg(settings, machine)
+    device = resolve_device(machine.device)
+    test_set = load_split(data, "test")
+    if base["weights"]:
+        model = build(settings["model"], dataset_info(data), seed=int(base["seed"]))
+        source = load_pretrained(model, arch, base["weights"], bool(base["download_weights"]))
+        model.to(device)
+        history, snapshots, seconds, extra = [], {}, 0.0, {"weights": source}
+    else:
+        model, history, snapshots, seconds = train_snapshots(
+            settings, machine, base["recipe"], base["snapshot_epochs"], out_dir / "snapshots", checkpoint,
+            desc=f"base {arch}")
+        extra = {}
+    test_acc = evaluate_accuracy(model, test_set, device)
+    metrics = {"arch": arch, "test_accuracy": test_acc, "history": history, "train_seconds": seconds,
+               "snapshots": snapshots, **extra}
+    save_model(outputs.model, model, {"arch": arch, "test_accuracy": test_acc, **extra})
+    save_json(metrics, outputs.metrics)  # written last: the pool rules depend on it
+    remove_checkpoint(checkpoint)
+    return metrics
