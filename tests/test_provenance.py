@@ -7,11 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures import write_fashion_mnist
+from fixtures import REPO, snakemake, tiny_config, write_fashion_mnist, write_workdir
 from teddy.provenance import stage_settings
-from test_workflow import snakemake, tiny_config, write_workdir
 
-REPO = Path(__file__).resolve().parents[1]
 CFG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 JOBS = {"normalisation": {}, "train_base": {}, "pool_member": {"pool": "prior"}, "train_prior": {"pool": "prior"},
         "distill": {"method": "teddy"}, "relabel": {}, "evaluate": {"arch": "convnet"}, "ceiling": {"arch": "convnet"}}

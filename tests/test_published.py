@@ -2,7 +2,7 @@
 
 import pytest
 
-from test_workflow import REPO
+from fixtures import REPO
 from teddy.errors import TeddyError
 from teddy.published import COLUMNS, load_published
 

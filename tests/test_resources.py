@@ -6,7 +6,7 @@ import shutil
 import yaml
 
 from teddy import resources
-from test_workflow import REPO, snakemake
+from fixtures import REPO, snakemake
 
 
 def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml"):
