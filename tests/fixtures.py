@@ -61,6 +61,16 @@ def snakemake(workdir: Path, *args, timeout=600, umask: int | None = None):
                           preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
+def benchmark(name: str):
+    """benchmarks/<name>.py as a module (for the code a benchmark keeps to itself)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks.{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def job_counts(output: str) -> dict[str, int]:
     """rule -> number of jobs, from the "Job stats:" table of a (dry) run's output."""
     table = output.split("Job stats:", 1)[1]
