@@ -96,8 +96,9 @@ def tiny_run(slurm_env, tmp_path_factory):
     del cfg["distill"]["methods"]["random"]  # one job per rule: each SLURM job costs a snakemake start-up
     cfg["evaluate"].update(students=["convnet"], seeds=[0])
     work = write_workdir(root / "work", cfg)
+    # 8 jobs of about 30 s each (mostly a snakemake start-up), longer where the 2 cores are shared
     proc = subprocess.run(snakemake_cmd(work, "--cores", "2", slurm=True), cwd=work, env=slurm_env,
-                          capture_output=True, text=True, timeout=420)
+                          capture_output=True, text=True, timeout=1200)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     return work, out
