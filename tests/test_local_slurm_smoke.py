@@ -89,7 +89,7 @@ def test_profile_runs_jobs_through_slurm(slurm_env, tmp_path):
     slurm_logs = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert len(slurm_logs) >= 3, slurm_logs
 
-    # The controller (MinJobAge=300 keeps finished jobs) saw the GPU job
+    # The controller (MinJobAge=3600 keeps finished jobs) saw the GPU job
     # complete with one GPU allocated.
     show = subprocess.run(["scontrol", "show", "job", gpu_ids[0]], env=slurm_env, capture_output=True, text=True,
                           timeout=30)

@@ -122,7 +122,7 @@ def test_tiny_pipeline_runs_through_slurm_with_gpus(slurm_env, tiny_run):
     assert all(Path(log).is_file() for _, log in submitted)
 
     # gpus_per_job: 1 reached sbatch for the training rules only (the controller keeps finished
-    # jobs for MinJobAge=300 s)
+    # jobs for MinJobAge=3600 s)
     for jobid, rule in rule_of.items():
         show = scontrol(slurm_env, "show", "job", jobid)
         assert "JobState=COMPLETED" in show, show

@@ -65,8 +65,9 @@ SelectTypeParameters=CR_Core_Memory
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-# squeue-based status checks need finished jobs to stay visible a while
-MinJobAge=300
+# squeue-based status checks need finished jobs to stay visible a while, and the
+# tests read finished jobs back with scontrol after a run of up to 20 min (loaded cores)
+MinJobAge=3600
 ReturnToService=2
 # Trust the node sizes below even if the machine is smaller (tests only)
 SlurmdParameters=config_overrides
