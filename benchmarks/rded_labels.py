@@ -4,7 +4,7 @@
    the real training split) is trained and is also rded's observer.
 2. rded distills IPC `--ipc` at factor 2 (2 x 2 patches of 14 px in a 28 px image).
 3. On the stitched images as stored (no augmentation): how far the region-wise target
-   (teddy.region_labels.RegionTeacher: mean of the four cells' softened distributions) is from
+   (RegionTeacher below: mean of the four cells' softened distributions) is from
    the whole-image target (mean KL at the KD temperature, top-1 agreement, and how often each
    target's top-1 is the image's class).
 4. Students (ConvNet-3) trained with the default config's evaluate recipe by online KD, once
@@ -26,17 +26,62 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
 from teddy.data import TensorImageDataset, dataset_info, load_split
+from teddy.errors import TeddyError
 from teddy.methods import DistillTask, get_method
 from teddy.models import build_model
 from teddy.pool import WeakPool
-from teddy.region_labels import RegionTeacher
 from teddy.train import evaluate_accuracy, fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Region-wise soft labels for stitched images (RDED's relabelling, as its paper describes it),
+# measured here only: the pipeline does not use them (it once shipped them as teddy.region_labels,
+# not wired into any stage; removed). An RDED image is `factor x factor` patches of different
+# real images. The RDED paper relabels such an image region by region; its public code
+# (LINs-lab/RDED, validation/main.py) does not: its student loop feeds the teacher the whole
+# augmented image and uses that one output, exactly as this pipeline's online KD and stored
+# labels do for every method, so the pipeline keeps the whole-image output for rded.
+# `RegionTeacher(teacher, factor, temperature)` is a drop-in teacher (for online KD): each of the
+# `factor x factor` grid cells of the batch is resized to the full input size and run through
+# the teacher; the target is the mean of the cells' temperature-softened distributions, returned
+# as `temperature * log(mean probability)` so that `softmax(output / temperature)` is that mean.
+
+
+def grid_cells(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The factor x factor cells of every image (N x factor^2 x C x H/f x W/f), row-major."""
+    n, c, h, w = x.shape
+    if h % factor or w % factor:
+        raise TeddyError(f"region labels: factor {factor} does not divide the image size {h}x{w}")
+    cells = x.view(n, c, factor, h // factor, factor, w // factor).permute(0, 2, 4, 1, 3, 5)
+    return cells.reshape(n, factor * factor, c, h // factor, w // factor)
+
+
+@torch.no_grad()
+def region_soft_labels(teacher: nn.Module, x: torch.Tensor, factor: int, temperature: float) -> torch.Tensor:
+    """Per-cell teacher distributions at `temperature` (N x factor^2 x classes)."""
+    cells = grid_cells(x, factor)
+    n, k = cells.shape[:2]
+    flat = F.interpolate(cells.flatten(0, 1), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    probs = F.softmax(teacher(flat).float() / temperature, dim=1)
+    return probs.view(n, k, -1)
+
+
+class RegionTeacher(nn.Module):
+    """A teacher whose logits, softened at `temperature`, are the mean of its region-wise
+    distributions (see the comment above grid_cells)."""
+
+    def __init__(self, teacher: nn.Module, factor: int, temperature: float):
+        super().__init__()
+        self.teacher, self.factor, self.temperature = teacher, int(factor), float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = region_soft_labels(self.teacher, x, self.factor, self.temperature).mean(1)
+        return self.temperature * mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
 
 
 def convnet(info, seed):
@@ -121,7 +166,7 @@ observer: ConvNet-3 width 32, the default config's base recipe for {args.teacher
 small-image setting), 5 crops of each of 300 real images per class. Students: ConvNet-3 width 32, the default config's evaluate recipe
 ({ev['epochs']} epochs, {ev['optimizer']} lr {ev['lr']}, KD at T = {temperature:g}, flip and shift augmentation),
 online KD from the teacher on each augmented batch: with its whole-image output (the pipeline's
-default, and what the RDED code does), and, on the factor-2 set, region-wise (`teddy.region_labels.RegionTeacher`: the mean
+default, and what the RDED code does), and, on the factor-2 set, region-wise (`RegionTeacher` in benchmarks/rded_labels.py: the mean
 of the four grid cells' softened distributions, each cell resized to 28 px).
 
 Targets on the {len(stitched.labels)} stitched images (factor 2) as stored (no augmentation), at T = {temperature:g}:
@@ -151,7 +196,8 @@ random-resized crop (`crop: false`), so the student never sees a zoomed patch. R
 is already close to a region label, with no separate mechanism. One small run ({len(args.seeds)} seeds,
 one dataset whose images are small and centred), not a general result. The pipeline keeps the
 whole-image output for rded, as RDED's own code does, and every method's row is evaluated under the
-same label protocol; `RegionTeacher` stays available as a drop-in teacher for further study.
+same label protocol; `RegionTeacher` (benchmarks/rded_labels.py) stays available as a drop-in teacher
+for further study.
 """
     Path(args.out).write_text(text)
     print(text)

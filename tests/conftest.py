@@ -6,6 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/fixtures.py
+sys.path.insert(0, str(Path(__file__).parent / "slurm"))  # tests/slurm/local_slurm.py
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -24,3 +25,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def slurm_env(tmp_path_factory):
+    """A private one-node SLURM cluster (tests/slurm/local_slurm.py), started once per test
+    session for every test that asks for it; yields the environment its clients run under.
+    Skips, saying why, where SLURM cannot run (see tests/slurm/install_slurm.sh)."""
+    from local_slurm import SlurmUnavailable, local_slurm_cluster
+
+    cluster = local_slurm_cluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        env = cluster.__enter__()
+    except SlurmUnavailable as exc:
+        pytest.skip(f"local SLURM unavailable: {exc}")
+    try:
+        yield env
+    finally:
+        cluster.__exit__(None, None, None)

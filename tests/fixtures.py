@@ -1,13 +1,80 @@
-"""Tiny datasets written in the real on-disk formats (IDX, CIFAR pickles, ImageFolder)."""
+"""Shared test helpers: tiny datasets written in the real on-disk formats (IDX, CIFAR pickles,
+ImageFolder), a tiny workflow config and work directory, and `snakemake` run as a subprocess
+(as a user runs it), locally or through the SLURM profiles."""
 
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"  # shipped: a real cluster's
+SLURM_TEST_PROFILE = REPO / "tests" / "slurm" / "profile"  # the local test cluster's pins, layered over it
+
+
+def tiny_config(data_root: Path) -> dict:
+    """The default config shrunk to seconds per job on the IDX fixture (write_fashion_mnist)."""
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["dataset"]["root"] = str(data_root)
+    cfg["results_dir"] = "results/tiny"
+    cfg["arch_options"] = {"convnet": {"depth": 2, "width": 8}}
+    cfg["base"]["recipe"]["epochs"] = 3
+    cfg["base"]["recipe"]["batch_size"] = 64
+    cfg["pools"]["prior"]["epochs"] = [1, 2]
+    cfg["distill"]["ipc"] = [1, 2]
+    cfg["distill"]["methods"]["teddy"].update(iterations=6, batch_size=20)
+    cfg["evaluate"]["students"] = ["convnet", "resnet10_w16"]
+    cfg["evaluate"]["seeds"] = [0, 1]
+    cfg["evaluate"]["recipe"]["epochs"] = 3
+    # the ceiling rows: each student on the whole (tiny) training set
+    cfg["ceiling"] = {"seeds": [0], "recipe": {**cfg["evaluate"]["recipe"], "epochs": 1, "batch_size": 64}}
+    return cfg
+
+
+def write_workdir(tmp_path: Path, cfg: dict) -> Path:
+    """A work directory whose config/config.yaml is `cfg` (what `snakemake` reads by default)."""
+    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def snakemake_cmd(workdir: Path, *args: str, slurm: bool = False) -> list[str]:
+    """The command line of the workflow run on `workdir`; `slurm`: through the shipped SLURM
+    profile with the test cluster's profile over it."""
+    profiles = ["--profile", str(SLURM_PROFILE), "--workflow-profile", str(SLURM_TEST_PROFILE)] if slurm else []
+    return SNAKEMAKE + profiles + ["--snakefile", str(SNAKEFILE), "--directory", str(workdir), *args]
+
+
+def snakemake(workdir: Path, *args, timeout=600, umask: int | None = None):
+    return subprocess.run(snakemake_cmd(workdir, *args), capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
+
+
+def benchmark(name: str):
+    """benchmarks/<name>.py as a module (for the code a benchmark keeps to itself)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks.{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """rule -> number of jobs, from the "Job stats:" table of a (dry) run's output."""
+    table = output.split("Job stats:", 1)[1]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M) if rule != "total"}
 
 
 def class_patterns(n: int, num_classes: int, size: int, channels: int, seed: int = 0):

@@ -6,7 +6,7 @@ import torch
 from torchvision import transforms
 from PIL import Image
 
-from fixtures import write_class_folders, write_fashion_mnist, write_image_folder
+from fixtures import write_class_folders, write_image_folder
 from teddy import image_folder
 from teddy.config import check_config
 from teddy.data import dataset_info, load_split

@@ -10,7 +10,7 @@ from PIL import Image
 
 from teddy.stages import Files, run_stage
 from teddy.errors import TeddyError
-from test_workflow import tiny_config
+from fixtures import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

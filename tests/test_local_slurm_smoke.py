@@ -1,28 +1,22 @@
 """Smoke test: the SLURM workflow profile drives a real (local) SLURM.
 
-Starts a private one-node cluster (tests/local_slurm.py), runs a three-rule
-toy workflow through ``workflow/profiles/slurm`` and checks that every job
-was a SLURM job, the GPU rule with a GPU allocated. Skips with the reason
-when SLURM is not installed here (see tests/install_slurm.sh).
+On the private one-node cluster (tests/slurm/local_slurm.py, the session fixture
+``slurm_env``), a three-rule toy workflow runs through the shipped ``workflow/profiles/slurm``
+with the test cluster's pins (``tests/slurm/profile``) over it; every job must have been a
+SLURM job, the GPU rule with a GPU allocated. Skips with the reason when SLURM is not
+installed here (see tests/slurm/install_slurm.sh).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_slurm import SlurmUnavailable, local_slurm_cluster  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-PROFILE = REPO / "workflow" / "profiles" / "slurm"
+from fixtures import SLURM_PROFILE, SLURM_TEST_PROFILE, SNAKEMAKE
 
 TOY_SNAKEFILE = textwrap.dedent(
     """
@@ -63,70 +57,18 @@ TOY_SNAKEFILE = textwrap.dedent(
 )
 
 
-def _clean_env(extra: dict) -> dict:
-    """os.environ without any outer SLURM job's variables, plus ``extra``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SLURM_", "SBATCH_", "SALLOC_", "SRUN_"))
-    }
-    # jobs re-run snakemake inside the allocation: keep this venv first
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(extra)
-    return env
-
-
-@pytest.fixture(scope="module")
-def slurm_env(tmp_path_factory):
-    """Start the local cluster once for this module; yield the client env."""
-    workdir = tmp_path_factory.mktemp("slurm")
-    try:
-        cm = local_slurm_cluster(workdir)
-        extra = cm.__enter__()
-    except SlurmUnavailable as exc:
-        pytest.skip(f"local SLURM unavailable: {exc}")
-    try:
-        yield _clean_env(extra)
-    finally:
-        cm.__exit__(None, None, None)
-
-
 def _job_ids(path: Path) -> list:
     return re.findall(r"^job=(\d+)$", path.read_text(), flags=re.M)
 
 
 def test_profile_runs_jobs_through_slurm(slurm_env, tmp_path):
     (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE)
-    snakemake = Path(sys.executable).parent / "snakemake"
-    cmd = [
-        str(snakemake if snakemake.exists() else shutil.which("snakemake")),
-        "--workflow-profile",
-        str(PROFILE),
-        "--snakefile",
-        str(tmp_path / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--cores",
-        "2",
-        # the profile's 40 s first status check is for real clusters;
-        # 1 s keeps this test short (MinJobAge=300 >= 3 x 1 s).
-        "--slurm-init-seconds-before-status-checks",
-        "1",
-        "--latency-wait",
-        "5",
-        # fail fast here instead of resubmitting twice
-        "--retries",
-        "0",
-    ]
+    # the test profile's pins name the pipeline's rules, not the toy's: the toy runs through
+    # the test profile only for its partition, status-check delay, retries and latency wait
+    cmd = SNAKEMAKE + ["--profile", str(SLURM_PROFILE), "--workflow-profile", str(SLURM_TEST_PROFILE),
+                       "--snakefile", str(tmp_path / "Snakefile"), "--directory", str(tmp_path), "--cores", "2"]
     try:
-        res = subprocess.run(
-            cmd,
-            env=slurm_env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        res = subprocess.run(cmd, env=slurm_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"snakemake on SLURM timed out after 300 s:\n{exc.stderr}")
     log = res.stdout + res.stderr
@@ -147,15 +89,10 @@ def test_profile_runs_jobs_through_slurm(slurm_env, tmp_path):
     slurm_logs = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert len(slurm_logs) >= 3, slurm_logs
 
-    # The controller (MinJobAge=300 keeps finished jobs) saw the GPU job
+    # The controller (MinJobAge=3600 keeps finished jobs) saw the GPU job
     # complete with one GPU allocated.
-    show = subprocess.run(
-        ["scontrol", "show", "job", gpu_ids[0]],
-        env=slurm_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    show = subprocess.run(["scontrol", "show", "job", gpu_ids[0]], env=slurm_env, capture_output=True, text=True,
+                          timeout=30)
     assert show.returncode == 0, show.stderr
     assert "JobState=COMPLETED" in show.stdout, show.stdout
     assert re.search(r"TresPerJob=gres:gpu:1\b|gres/gpu=1\b", show.stdout), show.stdout

@@ -3,8 +3,6 @@ alternative and the config checks (CPU, a few seconds)."""
 
 import copy
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +11,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from fixtures import write_fashion_mnist
+from fixtures import REPO, snakemake, write_fashion_mnist
 from teddy import stages
 from teddy.stages import Files, run_stage
 from teddy.config import check_config
@@ -24,8 +22,6 @@ from teddy.models import bn_layers, build_model, count_parameters
 from teddy.pool import (FreshModelPool, WeakPool, choose_snapshot, load_model, load_pool, member_names,
                         prune_channels, read_manifest)
 from teddy.train import recalibrate_bn
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -245,30 +241,11 @@ def test_bad_pool_configs_are_rejected_at_load(trained_base):
         member_names({"generator": "magic"})
 
 
-def snakemake_dry_run(workdir: Path, config_file: Path):
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-           "--directory", str(workdir), "--configfile", str(config_file)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-def test_ablation_config_dry_runs(tmp_path):
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    rc, out = snakemake_dry_run(tmp_path, tmp_path / "config" / "ablations" / "pool.yaml")
-    assert rc == 0, out[-2000:]
-    assert "pool/fresh" not in out  # a fresh pool has no member jobs and no manifest
-    stats = dict(line.split()[:2] for line in out.split("Job stats:")[1].splitlines()[3:]
-                 if len(line.split()) == 2)
-    # 2 prior snapshots + 8 post ratios + 1 single; 9 methods x 3 seeds
-    assert stats["pool_member"] == "11" and stats["pool_manifest"] == "3" and stats["distill"] == "9"
-    assert stats["evaluate"] == "27"
-
-
 def test_snapshot_beyond_base_run_fails_the_workflow_load(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["pools"]["prior"]["epochs"] = [1, int(cfg["base"]["recipe"]["epochs"]) + 1]
     (tmp_path / "config").mkdir()
     shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
-    rc, out = snakemake_dry_run(tmp_path, tmp_path / "bad.yaml")
-    assert rc != 0 and "pools.prior.epochs asks for epoch" in out
+    proc = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), timeout=120)
+    assert proc.returncode != 0 and "pools.prior.epochs asks for epoch" in proc.stdout + proc.stderr

@@ -3,18 +3,15 @@ it shapes and nothing else; adding a cell (a seed, an IPC, a student) or moving 
 no finished job's settings, and a rerun shard keeps the batches it finished."""
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fixtures import write_fashion_mnist
+from fixtures import REPO, snakemake, tiny_config, write_fashion_mnist, write_workdir
 from teddy.config import load_config
 from teddy.stages import STAGES, stage
-from test_workflow import snakemake, tiny_config, write_workdir
 
-REPO = Path(__file__).resolve().parents[1]
 CFG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 WILDCARDS = {"method": "teddy", "ipc": 1, "shard": 0, "arch": "convnet", "labels": "online_kd", "seed": 0,
              "pool": "prior", "member": "epoch1"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from test_workflow import REPO
+from fixtures import REPO
 from teddy.errors import TeddyError
 from teddy.published import COLUMNS, load_published
 
@@ -15,7 +15,7 @@ def test_shipped_published_files_load_with_one_schema():
     assert set(table["labels"]) == {"soft", "hard"}
     fm = load_published(REPO / "config" / "published", dataset="fashion_mnist")
     dsa = fm[(fm["method"] == "dsa")].set_index("ipc")["top1"]
-    assert dsa[10] == 84.6 and dsa[50] == 88.7  # METHOD.md section 6
+    assert dsa[10] == 84.6 and dsa[50] == 88.7  # the DSA figures as published
     assert (fm["labels"] == "hard").all() and (fm["norm"] == "instance").all()
     whole = load_published(REPO / "config" / "published", dataset="cifar10")
     assert whole.loc[whole["method"] == "whole dataset", "ipc"].isna().all()

@@ -1,5 +1,5 @@
 """rded: stitched images made of the best-scored real patches, deterministic from the seed,
-with one-line errors for bad recipes; and the region-wise teacher of teddy.region_labels."""
+with one-line errors for bad recipes; and the region-wise teacher of benchmarks/rded_labels.py."""
 
 import json
 
@@ -14,7 +14,6 @@ from teddy.errors import TeddyError
 from teddy.methods import DistillTask, full_recipe, get_method
 from teddy.methods.rded import random_square_crops, select_patches
 from teddy.pool import WeakPool
-from teddy.region_labels import RegionTeacher, grid_cells
 
 SIZE, CLASSES, PER_CLASS = 8, 3, 12
 INFO = DatasetInfo("toy", CLASSES, 1, SIZE, (0.5,), (0.5,))
@@ -170,6 +169,10 @@ def test_config_check_refuses_a_bad_rded_recipe_when_the_workflow_loads():
 # --- region-wise labels ------------------------------------------------------------------------
 
 def test_region_teacher_softens_to_the_mean_of_the_cells_distributions():
+    from fixtures import benchmark
+
+    bench = benchmark("rded_labels")  # the teacher lives in the one benchmark that uses it
+    RegionTeacher, grid_cells = bench.RegionTeacher, bench.grid_cells
     teacher, t = LinearObserver(1), 4.0
     x = torch.randn(5, 1, SIZE, SIZE)
     cells = grid_cells(x, 2)

@@ -6,9 +6,9 @@ import shutil
 
 import yaml
 
+from fixtures import REPO, snakemake
 from teddy.config import load_config
 from teddy.stages import machine_from_config, stage
-from test_workflow import REPO, snakemake
 
 
 def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml"):

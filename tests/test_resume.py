@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import write_fashion_mnist
+from fixtures import REPO, SNAKEMAKE, tiny_config, write_fashion_mnist, write_workdir
 from teddy.data import dataset_info, load_split
 from teddy.distilled_set import index_within_class, load_set_tensors, write_images, write_meta
 from teddy.io import load_torch
@@ -25,7 +25,6 @@ from teddy.methods.teddy import statistics_loss_fn
 from teddy.models import build_model
 from teddy.pool import WeakPool, save_model
 from teddy.train import fit, recalibrate_bn
-from test_workflow import REPO, SNAKEMAKE, tiny_config, write_workdir
 
 CPU = torch.device("cpu")
 INFO = dataset_info("fashion_mnist")

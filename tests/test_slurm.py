@@ -1,12 +1,12 @@
 """The real pipeline through the SLURM profile, on a private one-node SLURM cluster.
 
-The cluster (tests/local_slurm.py) is started once for this module: one node, 2 CPUs, one
-fake GPU. The tiny Fashion-MNIST pipeline of tests/test_workflow.py, shrunk to one job per
-rule, runs through ``workflow/profiles/slurm`` with ``gpus_per_job: 1`` (about 3 minutes on 2
-busy cores); every stage must have been its own SLURM job, the training stages with a GPU
-allocated and the CPU stages without. Then a distillation job is requeued by SLURM mid-run and
-must resume from its checkpoint. Skips, saying why, where SLURM cannot run (see
-tests/install_slurm.sh).
+The cluster (tests/slurm/local_slurm.py, the session fixture ``slurm_env``): one node, 2 CPUs,
+one fake GPU. The tiny Fashion-MNIST pipeline of tests/test_workflow.py, shrunk to one job per
+rule, runs through the shipped ``workflow/profiles/slurm`` with the test cluster's pins
+(``tests/slurm/profile``) over it and ``gpus_per_job: 1`` (about 3 minutes on 2 busy cores);
+every stage must have been its own SLURM job, the training stages with a GPU allocated and the
+CPU stages without. Then a distillation job is requeued by SLURM mid-run and must resume from
+its checkpoint. Skips, saying why, where SLURM cannot run (see tests/slurm/install_slurm.sh).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,11 +22,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from fixtures import write_fashion_mnist
-from local_slurm import SlurmUnavailable, local_slurm_cluster
-from test_workflow import REPO, SNAKEMAKE, tiny_config, write_workdir
+from fixtures import (REPO, SLURM_PROFILE, SLURM_TEST_PROFILE, snakemake_cmd, tiny_config, write_fashion_mnist,
+                      write_workdir)
 
-PROFILE = REPO / "workflow" / "profiles" / "slurm"
 GPU_RULES = {"train_base", "train_prior", "pool_member", "distill", "relabel", "evaluate", "ceiling"}
 CPU_RULES = {"pool_manifest", "gather", "aggregate", "normalisation"}
 
@@ -37,42 +34,35 @@ def workflow_rules() -> set[str]:
     return set(re.findall(r"^rule (\w+):", text, flags=re.M))
 
 
-def test_profile_names_exactly_the_workflow_rules():
-    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+def profile(path: Path) -> dict:
+    return yaml.safe_load((path / "config.yaml").read_text())
+
+
+def test_shipped_profile_fits_a_real_cluster():
+    """No thread pins (the config's `threads:` decide) and no partition of ours: the cluster's
+    default applies until the user sets the one commented line."""
+    shipped = profile(SLURM_PROFILE)
+    assert "set-threads" not in shipped
+    sizes = [shipped.get("default-resources") or {}, *(shipped.get("set-resources") or {}).values()]
+    assert not any({"threads", "cpus_per_task", "slurm_partition"} & set(r) for r in sizes), sizes
+    assert re.search(r"^  # slurm_partition: <your-partition>$", (SLURM_PROFILE / "config.yaml").read_text(), re.M)
+    assert shipped["executor"] == "slurm" and shipped["slurm-status-command"] == "squeue"
+
+
+def test_test_profile_fits_the_test_node_and_names_only_workflow_rules():
     rules = workflow_rules()
     assert rules == GPU_RULES | CPU_RULES  # update both lists here when a rule is added
-    assert set(profile["set-threads"]) == rules, f"set-threads in {PROFILE / 'config.yaml'} vs rules {sorted(rules)}"
-    # sizes and GPUs come from the workflow config (teddy.resources), never from the profile;
-    # an override there must name a rule (and Snakemake refuses an empty entry)
-    overrides = profile.get("set-resources") or {}
-    assert set(overrides) <= rules and all(overrides.values())
-    assert not any("gpu" in r for r in overrides.values())
-    assert profile["slurm-status-command"] == "squeue"
-
-
-@pytest.fixture(scope="module")
-def slurm_env(tmp_path_factory):
-    """Start the local cluster once for this module; yield the environment for its clients."""
-    try:
-        cluster = local_slurm_cluster(tmp_path_factory.mktemp("slurm"))
-        extra = cluster.__enter__()
-    except SlurmUnavailable as exc:
-        pytest.skip(f"local SLURM unavailable: {exc}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SALLOC_", "SRUN_"))}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # jobs rerun snakemake
-    env.update(extra)
-    try:
-        yield env
-    finally:
-        cluster.__exit__(None, None, None)
-
-
-def snakemake_on_slurm(work: Path, *args: str) -> list[str]:
-    return SNAKEMAKE + ["--workflow-profile", str(PROFILE), "--snakefile", str(REPO / "workflow" / "Snakefile"),
-                        "--directory", str(work), "--cores", "2",
-                        # the profile's 40 s is for real clusters; MinJobAge=300 >= 3 x 1 s
-                        "--slurm-init-seconds-before-status-checks", "1", "--retries", "0", "--latency-wait", "5",
-                        *args]
+    shipped, test = profile(SLURM_PROFILE), profile(SLURM_TEST_PROFILE)
+    assert test["max-threads"] == 2  # the test node's CPUs, one cap for every rule
+    # default-resources replaces the shipped block as a whole: the same sizes, plus the partition
+    assert test["default-resources"] == {**shipped["default-resources"], "slurm_partition": "debug"}
+    # sizes and GPUs come from the workflow config, never from a profile; a per-rule entry must
+    # name a workflow rule (and Snakemake refuses an empty entry)
+    for p in (shipped, test):
+        assert set(p.get("set-threads") or {}) <= rules
+        overrides = p.get("set-resources") or {}
+        assert set(overrides) <= rules and all(overrides.values())
+        assert not any("gpu" in r for r in overrides.values())
 
 
 def scontrol(env: dict, *args: str) -> str:
@@ -106,8 +96,9 @@ def tiny_run(slurm_env, tmp_path_factory):
     del cfg["distill"]["methods"]["random"]  # one job per rule: each SLURM job costs a snakemake start-up
     cfg["evaluate"].update(students=["convnet"], seeds=[0])
     work = write_workdir(root / "work", cfg)
-    proc = subprocess.run(snakemake_on_slurm(work), cwd=work, env=slurm_env, capture_output=True, text=True,
-                          timeout=420)
+    # 8 jobs of about 30 s each (mostly a snakemake start-up), longer where the 2 cores are shared
+    proc = subprocess.run(snakemake_cmd(work, "--cores", "2", slurm=True), cwd=work, env=slurm_env,
+                          capture_output=True, text=True, timeout=1200)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     return work, out
@@ -131,7 +122,7 @@ def test_tiny_pipeline_runs_through_slurm_with_gpus(slurm_env, tiny_run):
     assert all(Path(log).is_file() for _, log in submitted)
 
     # gpus_per_job: 1 reached sbatch for the training rules only (the controller keeps finished
-    # jobs for MinJobAge=300 s)
+    # jobs for MinJobAge=3600 s)
     for jobid, rule in rule_of.items():
         show = scontrol(slurm_env, "show", "job", jobid)
         assert "JobState=COMPLETED" in show, show
@@ -148,7 +139,8 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_env, tiny_run):
     write_workdir(work, cfg)
     R = work / "results" / "tiny"
     ckpt = R / "distilled/teddy/ipc2/shards/0/distill.ckpt"
-    run = subprocess.Popen(snakemake_on_slurm(work, "results/tiny/distilled/teddy/ipc2/meta.json"), cwd=work,
+    run = subprocess.Popen(snakemake_cmd(work, "--cores", "2", "results/tiny/distilled/teddy/ipc2/meta.json",
+                                         slurm=True), cwd=work,
                            env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180

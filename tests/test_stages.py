@@ -4,16 +4,14 @@ settings changes neither its settings nor what it writes."""
 
 import copy
 import json
-import math
 from pathlib import Path
 
 import pytest
 
-from fixtures import write_class_folders, write_fashion_mnist
+from fixtures import tiny_config, write_class_folders, write_fashion_mnist
 from teddy.config import load_config
 from teddy.errors import TeddyError
 from teddy.stages import STAGES, Files, machine_from_config, stage
-from test_workflow import tiny_config
 
 WILDCARDS = {"method": "teddy", "ipc": 2, "shard": 0, "arch": "convnet", "labels": "online_kd", "seed": 0,
              "pool": "prior", "member": "epoch1"}

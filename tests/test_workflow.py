@@ -2,54 +2,15 @@
 
 import base64
 import json
-import os
-import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-
 from torchvision.datasets import ImageFolder
 
-from fixtures import write_class_folders, write_fashion_mnist
+from fixtures import snakemake, tiny_config, write_class_folders, write_fashion_mnist, write_workdir
 from teddy.distilled_set import load_set_tensors
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def tiny_config(data_root: Path) -> dict:
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg["dataset"]["root"] = str(data_root)
-    cfg["results_dir"] = "results/tiny"
-    cfg["arch_options"] = {"convnet": {"depth": 2, "width": 8}}
-    cfg["base"]["recipe"]["epochs"] = 3
-    cfg["base"]["recipe"]["batch_size"] = 64
-    cfg["pools"]["prior"]["epochs"] = [1, 2]
-    cfg["distill"]["ipc"] = [1, 2]
-    cfg["distill"]["methods"]["teddy"].update(iterations=6, batch_size=20)
-    cfg["evaluate"]["students"] = ["convnet", "resnet10_w16"]
-    cfg["evaluate"]["seeds"] = [0, 1]
-    cfg["evaluate"]["recipe"]["epochs"] = 3
-    # the ceiling rows: each student on the whole (tiny) training set
-    cfg["ceiling"] = {"seeds": [0], "recipe": {**cfg["evaluate"]["recipe"], "epochs": 1, "batch_size": 64}}
-    return cfg
-
-
-def write_workdir(tmp_path: Path, cfg: dict) -> Path:
-    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    return tmp_path
-
-
-def snakemake(workdir: Path, *args, timeout=600, umask: int | None = None):
-    cmd = SNAKEMAKE + ["--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
 def assert_modes_follow_umask(root: Path, umask: int) -> None:
@@ -187,14 +148,6 @@ def test_label_protocols_are_a_wildcard(tmp_path):
     cfg["evaluate"]["keep_topk"] = 11
     proc = snakemake(write_workdir(tmp_path / "w2", cfg), "-n")
     assert proc.returncode != 0 and "evaluate.keep_topk=11 exceeds" in proc.stdout + proc.stderr
-
-
-@pytest.mark.parametrize("config_file", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
-def test_every_config_dry_runs(config_file, tmp_path):
-    work = tmp_path / "w"
-    shutil.copytree(REPO / "config", work / "config")
-    proc = snakemake(work, "-n", "--configfile", str(work / "config" / config_file))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -37,6 +37,6 @@ if [ "$want_tests" = 0 ] && [ ! -e /usr/share/datasets/fashion-mnist/train-image
 fi
 
 if [ "$want_tests" = 1 ]; then
-  bash tests/install_slurm.sh || true
+  bash tests/slurm/install_slurm.sh || true
 fi
 echo "setup: done"

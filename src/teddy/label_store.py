@@ -1,4 +1,4 @@
-"""Stored soft labels, FKD style (METHOD.md section 4, "Relabel"; evaluate.labels: stored).
+"""Stored soft labels, FKD style (the relabel stage; evaluate.labels: stored).
 
 `write_label_store` draws, epoch by epoch, the plan a student run of that seed would draw
 (teddy.student_data.plan_epoch: image order, per-image crop boxes and flips, shifts, CutMix or

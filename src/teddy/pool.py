@@ -1,4 +1,5 @@
-"""The weak-model pool (METHOD.md section 3): members, manifest, sampling policies."""
+"""The weak-model pool (the Teddy paper's prior and post generators, plus single and fresh):
+members, manifest, sampling policies."""
 
 from __future__ import annotations
 

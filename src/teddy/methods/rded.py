@@ -30,8 +30,8 @@ method reads the same real data. A factor that does not divide the image size is
 peers spread the remainder over the first tiles) so that every tile is exactly one patch.
 
 Labels: the synthetic images carry their class as label; soft labels come from the teacher in
-the student loop like every other method's (see teddy.region_labels for the region-wise
-alternative and why the whole-image output is the default).
+the student loop like every other method's (benchmarks/rded_labels.py measures the region-wise
+alternative and says why the whole-image output is the default).
 """
 
 from __future__ import annotations

@@ -1,0 +1,121 @@
+"""Every shipped config file dry-runs as a user starts it (`snakemake -n --configfile
+config/<name>.yaml`, in a work directory holding the repository's config/ folder), the paper
+configs with the dataset root pointing at a tiny stand-in written in the dataset's real on-disk
+format; where a config's DAG is known, its job counts (and GPUs per rule) are checked too."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import yaml
+
+from fixtures import REPO, job_counts, snakemake, write_cifar, write_image_folder
+from teddy.data import load_split
+from teddy.pool import member_names
+from teddy.shards import shard_count
+
+CONFIGS = sorted(str(p.relative_to(REPO / "config")) for p in (REPO / "config").rglob("*.yaml"))
+PAPER_CONFIGS = ["cifar10", "cifar100", "tiny_imagenet", "imagenet1k"]
+GPU_RULES = ("train_base", "pool_member", "distill", "evaluate")  # and train_prior where a pool has its own run
+
+
+def stand_in(name: str, root, cfg: dict):
+    """A few images of the dataset in its real on-disk format; a class-folder tree (counted when
+    the config loads) holds enough per class for the config's largest IPC and RDED candidates."""
+    if name == "cifar10":
+        return write_cifar(root, 10, n_per_batch=20)
+    if name == "cifar100":
+        return write_cifar(root, 100, n_per_batch=100)
+    rded = [m.get("candidates_per_class") or 0 for m in cfg["distill"]["methods"].values() if m["method"] == "rded"]
+    needed = max(cfg["distill"]["ipc"] + rded)
+    per_class = int(needed / (1 - cfg["dataset"]["val_fraction"])) + 2
+    return write_image_folder(root, per_class=per_class, size=64 if name == "tiny_imagenet" else 80,
+                              words=name == "tiny_imagenet")
+
+
+def gpus_by_rule(output: str) -> dict[str, set[int]]:
+    """rule -> the `gpu` resource values of its jobs in a dry run's job listing."""
+    found, rule = {}, None
+    for line in output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):", line)
+        if m:
+            rule = m.group(1)
+        elif line.strip().startswith("resources:") and rule:
+            g = re.search(r"\bgpu=(\d+)", line)
+            found.setdefault(rule, set()).add(int(g.group(1)) if g else 0)
+    return found
+
+
+def expected_counts(cfg: dict) -> dict[str, int]:
+    methods = cfg["distill"]["methods"].values()
+    pools = sorted({m["pool"] for m in methods if m.get("pool")})
+    n_ipc, n_methods = len(cfg["distill"]["ipc"]), len(cfg["distill"]["methods"])
+    shards = sum(shard_count(cfg, m, ipc) for m in cfg["distill"]["methods"] for ipc in cfg["distill"]["ipc"])
+    counts = {"train_base": 1, "train_prior": sum(1 for p in pools if cfg["pools"][p].get("recipe")),
+              "pool_member": sum(len(member_names(cfg["pools"][p])) for p in pools),
+              "pool_manifest": len(pools), "distill": shards, "gather": n_methods * n_ipc,
+              "evaluate": n_methods * n_ipc * len(cfg["evaluate"]["students"]) * len(cfg["evaluate"]["seeds"]),
+              "aggregate": 1, "all": 1}
+    return {k: v for k, v in counts.items() if v}
+
+
+def check_paper_config(name: str, cfg: dict, out: str) -> None:
+    assert job_counts(out) == expected_counts(cfg), out[-1500:]
+    gpus = gpus_by_rule(out)
+    for rule in GPU_RULES + (("train_prior",) if "train_prior" in gpus else ()):
+        assert gpus[rule] == {1}, (rule, gpus)
+    assert gpus["aggregate"] == {0} and gpus["gather"] == {0}
+
+    # the stand-in is what the config's dataset section reads
+    train, test = load_split(cfg["dataset"], "train"), load_split(cfg["dataset"], "test")
+    assert len(train) > 0 and len(test) > 0
+    x, _ = train[0]
+    assert x.shape[-1] == {"cifar10": 32, "cifar100": 32, "tiny_imagenet": 64, "imagenet1k": 224}[name]
+
+
+def check_fashion_mnist_paper(name: str, cfg: dict, out: str) -> None:
+    assert cfg["distill"]["ipc"] == [1, 10, 50] and len(cfg["evaluate"]["seeds"]) == 3
+    assert set(cfg["distill"]["methods"]) == {"teddy", "sre2l", "herding", "random", "rded"}
+    assert set(cfg["evaluate"]["labels"]) == {"online_kd", "hard"}
+    assert {"convnet", "resnet10_w16"} <= set(cfg["evaluate"]["students"])
+    counts = job_counts(out)
+    # one evaluate job per label protocol once evaluate's output path has a {labels} level
+    per_protocol = "{labels}" in (REPO / "workflow" / "rules" / "evaluate.smk").read_text()
+    assert counts["evaluate"] == 5 * 3 * 2 * 3 * (2 if per_protocol else 1)
+    assert counts["ceiling"] == 2 * 2 and counts["distill"] == 15 and counts["aggregate"] == 1
+    assert counts["pool_member"] == 3  # prior epochs 1, 2 and the single base model
+
+
+def check_pool_ablation(name: str, cfg: dict, out: str) -> None:
+    assert "pool/fresh" not in out  # a fresh pool has no member jobs and no manifest
+    counts = job_counts(out)
+    # 2 prior snapshots + 8 post ratios + 1 single; 9 methods x 3 seeds
+    assert counts["pool_member"] == 11 and counts["pool_manifest"] == 3 and counts["distill"] == 9
+    assert counts["evaluate"] == 27
+
+
+CHECKS = {**{f"{name}.yaml": check_paper_config for name in PAPER_CONFIGS},
+          "fashion_mnist_paper.yaml": check_fashion_mnist_paper, "ablations/pool.yaml": check_pool_ablation}
+
+
+def test_the_checks_name_shipped_configs():
+    assert set(CHECKS) <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("config_file", CONFIGS)
+def test_config_dry_runs(config_file, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(REPO / "config", work / "config")  # present, as in a checkout
+    path = work / "config" / config_file
+    cfg = yaml.safe_load(path.read_text())
+    name = path.stem
+    if name in PAPER_CONFIGS:
+        cfg["dataset"]["root"] = str(stand_in(name, tmp_path / "data", cfg))
+        path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(work, "-n", "--configfile", str(path))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    if config_file in CHECKS:
+        CHECKS[config_file](name, cfg, out)
