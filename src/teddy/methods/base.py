@@ -6,8 +6,24 @@ Per-batch optimisation (`run_batches`): the set is cut into synthetic batches
 (`teddy.shards.batch_plan`); each batch gets `iterations` steps with a fresh Adam and its own
 cosine schedule, a generator (and global torch seed) from (seed, method name, IPC, batch
 index), then is handed to `task.on_batch` (the stage writes its PNGs) and freed, so peak
-memory is that of one batch whatever the IPC. `task.batches` restricts the run to some batch
-indices (a shard, less the batches already written)."""
+memory is that of one batch (one stack) whatever the IPC. `task.batches` restricts the run to
+some batch indices (a shard, less the batches already written).
+
+Stacked batches (recipe key `stack`, G; `optimise_stack`): a job's batches run G at a time, in
+order, optimised together. Each keeps what makes it its own run (generator, augmentation and
+pool draws in the same order, Adam state, schedule, loss over its own images, clipping); at
+each step the batches that drew the same pool member share ONE forward through it (their
+concatenation; the member is frozen and in eval mode, so an image's features do not depend on
+the others) and the BN-statistics terms are taken per batch over its rows. A speed knob: the set
+does not depend on G (tests/test_stack.py). It applies where the loss has a stacked form
+(`loss_fn.stacked`: teddy statistics matching, sre2l) and the pool holds stored members
+(WeakPool); gradient matching, bilevel (it draws from the global RNG per batch and step), fresh
+pools and set-level methods run unstacked whatever `stack` says. Nothing inside the stacked
+loop draws from the global torch RNG, so that the global seed `start_batch` sets per batch is
+overwritten by the stack's later batches changes nothing.
+
+No host synchronisation inside the loop: losses stay on the device and are read every
+`log_every` steps, before each checkpoint and at the end (`optimise_stack`).""""""
 
 from __future__ import annotations
 
