@@ -19,11 +19,12 @@ does not depend on G (tests/test_stack.py). It applies where the loss has a stac
 (`loss_fn.stacked`: teddy statistics matching, sre2l) and the pool holds stored members
 (WeakPool); gradient matching, bilevel (it draws from the global RNG per batch and step), fresh
 pools and set-level methods run unstacked whatever `stack` says. Nothing inside the stacked
-loop draws from the global torch RNG, so that the global seed `start_batch` sets per batch is
-overwritten by the stack's later batches changes nothing.
+loop draws from the global torch RNG (augmentation and pool draws use the batch's generator;
+the members are in eval mode), so it does not matter that, in a stack, the global seed
+`start_batch` sets for each batch is overwritten by the next batch's.
 
 No host synchronisation inside the loop: losses stay on the device and are read every
-`log_every` steps, before each checkpoint and at the end (`optimise_stack`).""""""
+`log_every` steps, before each checkpoint and at the end (`optimise_stack`)."""
 
 from __future__ import annotations
 
