@@ -205,3 +205,14 @@ def test_unstackable_methods_run_unstacked_whatever_the_stack():
 def test_stack_below_one_is_one_line():
     with pytest.raises(TeddyError, match="stack must be >= 1, got 0"):
         distill(0)
+
+
+def test_losses_are_read_only_every_log_every_steps(monkeypatch):
+    """No host synchronisation per step: the losses stay on the device and are read (NaN guard,
+    history) at iteration 1, every log_every steps and at the end, not after every step."""
+    reads = []
+    isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: (reads.append(tuple(t.shape)), isfinite(t))[1])
+    result = distill(2, iterations=20, log_every=10, batches=[0, 1])
+    assert reads == [(1, 2), (9, 2), (10, 2)]  # steps x stacked batches: iterations 1, 2-10, 11-20
+    assert [h["iteration"] for h in result.log["batches"][1]["history"]] == [1, 10, 20]

@@ -280,7 +280,7 @@ def optimise_stack(task: DistillTask, batches: list[BatchStart], loss_fn: LossFn
                 syn.copy_(torch.maximum(torch.minimum(syn, hi), lo))
         logged = (it + 1) % log_every == 0 or it == 0  # the same log whether or not the run was resumed
         pending.append((it, torch.stack([loss.detach().float() for loss in losses]), parts if logged else None))
-        saving = (it + 1) % ckpt_every == 0 and it + 1 < iterations
+        saving = checkpoint.path is not None and (it + 1) % ckpt_every == 0 and it + 1 < iterations
         if logged or saving or it + 1 == iterations:
             check(bar)
         if saving:
