@@ -178,9 +178,14 @@ def throughput(args) -> None:
     ceilings = {}
     for p, pool in pools.items():
         for G in args.stacks:
-            rate, peak = pipeline_rate(args, pool, G, device)
-            if G not in ceilings:
-                ceilings[G] = ceiling_rate(args, pool.members[0], G * args.batch, device)
+            try:
+                rate, peak = pipeline_rate(args, pool, G, device)
+                if G not in ceilings:
+                    ceilings[G] = ceiling_rate(args, pool.members[0], G * args.batch, device)
+            except torch.OutOfMemoryError:
+                print(f"| {p} | {G} | {G * args.batch} | out of memory | | | |", flush=True)
+                torch.cuda.empty_cache()
+                continue
             ceiling, cpeak = ceilings[G]
             rates[(p, G)] = rate
             mem = "n/a (CPU)" if peak is None else f"{peak:.2f} / {cpeak:.2f}"
@@ -192,7 +197,7 @@ def throughput(args) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for method, p, batch_size, iterations in imagenet_methods():
         p_used = p if p in pools else min(pools, key=lambda q: abs(q - p))
-        for G in args.stacks:
+        for G in [g for g in args.stacks if (p_used, g) in rates]:
             hours = [num_batches(1000, ipc, batch_size) * batch_size * iterations / rates[(p_used, G)] / 3600
                      for ipc in (10, 50, 100)]
             note = "" if p_used == p else f" (measured with {p_used})"
