@@ -142,7 +142,9 @@ def stack_size(task: DistillTask, loss_fn: LossFn | None) -> int:
 
 
 def compiled(model: torch.nn.Module, cache: dict) -> torch.nn.Module:
-    """`torch.compile(model)`, once per pool member (recipe key compile; untested on a GPU here)."""
+    """`torch.compile(model)`, once per pool member (recipe key compile; untested on a GPU here).
+    It specialises on the forward's shape (how many stacked batches share it, and their sizes):
+    up to G compilations per member at the start of a stack."""
     if id(model) not in cache:
         cache[id(model)] = torch.compile(model, dynamic=True)
     return cache[id(model)]
