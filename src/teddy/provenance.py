@@ -14,6 +14,9 @@ from teddy.models import arch_spec
 
 # dataset keys that say where the data is or how fast it is read, not what it is
 _DATASET_LOCATION_KEYS = ("root", "download", "num_workers", "normalisation_file")
+# distillation recipe keys that say how fast the set is made, not what it is (the set does not
+# depend on them: tests/test_stack.py); distill.stack is left out for the same reason
+_DISTILL_SPEED_KEYS = ("stack", "compile")
 
 
 def dataset_settings(cfg: dict) -> dict:
@@ -32,7 +35,8 @@ def stage_settings(cfg: dict, stage: str, **wildcards) -> dict:
         return {"dataset": data, "base": base, "model": arch_spec(cfg, base["arch"]),
                 "pool": cfg["pools"][wildcards["pool"]]}
     if stage == "distill":
-        recipe = cfg["distill"]["methods"][wildcards["method"]]
+        recipe = {k: v for k, v in cfg["distill"]["methods"][wildcards["method"]].items()
+                  if k not in _DISTILL_SPEED_KEYS}
         pool = recipe.get("pool")
         return {"dataset": data, "recipe": recipe, "seed": cfg["distill"].get("seed", 0),
                 "pool": cfg["pools"][pool] if pool else None, "model": arch_spec(cfg, base["arch"])}
