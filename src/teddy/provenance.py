@@ -16,7 +16,7 @@ from teddy.models import arch_spec
 _DATASET_LOCATION_KEYS = ("root", "download", "num_workers", "normalisation_file")
 # distillation recipe keys that say how fast the set is made, not what it is (the set does not
 # depend on them: tests/test_stack.py); distill.stack is left out for the same reason
-_DISTILL_SPEED_KEYS = ("stack", "compile")
+DISTILL_SPEED_KEYS = ("stack", "compile")
 
 
 def dataset_settings(cfg: dict) -> dict:
@@ -36,7 +36,7 @@ def stage_settings(cfg: dict, stage: str, **wildcards) -> dict:
                 "pool": cfg["pools"][wildcards["pool"]]}
     if stage == "distill":
         recipe = {k: v for k, v in cfg["distill"]["methods"][wildcards["method"]].items()
-                  if k not in _DISTILL_SPEED_KEYS}
+                  if k not in DISTILL_SPEED_KEYS}
         pool = recipe.get("pool")
         return {"dataset": data, "recipe": recipe, "seed": cfg["distill"].get("seed", 0),
                 "pool": cfg["pools"][pool] if pool else None, "model": arch_spec(cfg, base["arch"])}
