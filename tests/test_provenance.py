@@ -71,6 +71,9 @@ def test_a_changed_value_changes_the_settings_of_the_stages_it_shapes(edit, stag
     set_key("evaluate", "in_memory_max_mb", 5),
     set_key("device", "cpu"),
     set_key("threads", "evaluate", 4),
+    set_key("distill", "stack", 4),                       # speed knobs: the set does not depend on them
+    set_key("distill", "methods", "teddy", "stack", 8),
+    set_key("distill", "methods", "teddy", "compile", True),
 ])
 def test_adding_a_cell_or_moving_the_data_changes_no_settings(edit):
     assert changed(edit) == set()

@@ -49,7 +49,9 @@ def apply_augment(x: torch.Tensor, params: dict) -> torch.Tensor:
         top, left, h, w = params["crop"]
         x = F.interpolate(x[..., top:top + h, left:left + w], size=size, mode="bilinear", align_corners=False)
     if "flip" in params:
-        mask = torch.tensor(params["flip"], device=x.device, dtype=torch.bool).view(-1, 1, 1, 1)
+        # built on the host, copied without waiting for the device (a blocking copy would
+        # synchronise the host with the GPU every step of the distillation loop)
+        mask = torch.tensor(params["flip"], dtype=torch.bool).to(x.device, non_blocking=True).view(-1, 1, 1, 1)
         x = torch.where(mask, x.flip(-1), x)
     if "shift" in params:
         dy, dx = params["shift"]

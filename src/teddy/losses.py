@@ -24,17 +24,26 @@ class BNStatisticsRecorder:
     current batch's input statistics and the layer's running (real-data) statistics.
 
     Use as a context manager around the forward pass; `loss(first_bn_weight)` sums the layers.
+    `sizes` (stacked synthetic batches, `teddy.methods.base`): the forward's input is several
+    batches concatenated along dim 0, of these sizes; each layer then records one distance per
+    batch, over that batch's rows only, and `losses(first_bn_weight)` gives one sum per batch.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, sizes: list[int] | None = None):
         self.layers = bn_layers(model)
         if not self.layers:
             raise ValueError("statistics matching needs a model with BatchNorm layers")
-        self.distances: list[torch.Tensor] = []
+        self.sizes = list(sizes) if sizes is not None and len(sizes) > 1 else None
+        self.distances: list = []
         self.handles = []
 
     def _hook(self, module, inputs, output):
-        self.distances.append(statistics_distance(inputs[0], module.running_mean, module.running_var))
+        features = inputs[0]
+        if self.sizes is None:
+            self.distances.append(statistics_distance(features, module.running_mean, module.running_var))
+        else:  # one distance per stacked batch, over its own rows: slices of the shared forward's input
+            self.distances.append([statistics_distance(part, module.running_mean, module.running_var)
+                                   for part in features.split(self.sizes)])
 
     def __enter__(self):
         self.distances = []
@@ -50,15 +59,39 @@ class BNStatisticsRecorder:
         weights = [first_bn_weight] + [1.0] * (len(self.distances) - 1)
         return sum(w * d for w, d in zip(weights, self.distances))
 
+    def losses(self, first_bn_weight: float = 10.0) -> list[torch.Tensor]:
+        """Per stacked batch, the weighted sum over layers (one entry when not stacked)."""
+        if self.sizes is None:
+            return [self.loss(first_bn_weight)]
+        weights = [first_bn_weight] + [1.0] * (len(self.distances) - 1)
+        return [sum(w * d[k] for w, d in zip(weights, self.distances)) for k in range(len(self.sizes))]
+
 
 def bn_statistics_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None, alpha: float = 1.0,
                        first_bn_weight: float = 10.0, ce_weight: float = 1.0):
-    """CE(f(x), y) * ce_weight + alpha * sum_l w_l * statistics_distance_l. Returns (loss, parts)."""
-    with BNStatisticsRecorder(model) as rec:
+    """CE(f(x), y) * ce_weight + alpha * sum_l w_l * statistics_distance_l. Returns (loss, parts);
+    the parts are detached 0-d tensors (reading them is a host synchronisation: the caller does
+    it when it logs)."""
+    [(loss, parts)] = bn_statistics_losses(model, [x], [labels], alpha, first_bn_weight, ce_weight)
+    return loss, parts
+
+
+def bn_statistics_losses(model: nn.Module, xs: list[torch.Tensor], labels: list[torch.Tensor | None],
+                         alpha: float = 1.0, first_bn_weight: float = 10.0, ce_weight: float = 1.0):
+    """`bn_statistics_loss` of several batches through ONE forward of `model` (their
+    concatenation; `model` in eval mode, so each image's features do not depend on the others):
+    per batch, (its loss over its own images and logits only, its parts). The gradient of the
+    sum of the returned losses with respect to batch k's pixels is that of batch k's own loss.
+    One batch: the very computation of the unstacked loss (no concatenation, no slicing)."""
+    sizes = [x.shape[0] for x in xs]
+    x = xs[0] if len(xs) == 1 else torch.cat(xs)
+    with BNStatisticsRecorder(model, sizes) as rec:
         logits = model(x)
-    stats = rec.loss(first_bn_weight)
-    ce = F.cross_entropy(logits, labels) if labels is not None and ce_weight else logits.new_zeros(())
-    return ce_weight * ce + alpha * stats, {"ce": ce.item(), "bn": stats.item()}
+    out = []
+    for stats, part, y in zip(rec.losses(first_bn_weight), [logits] if len(xs) == 1 else logits.split(sizes), labels):
+        ce = F.cross_entropy(part, y) if y is not None and ce_weight else part.new_zeros(())
+        out.append((ce_weight * ce + alpha * stats, {"ce": ce.detach(), "bn": stats.detach()}))
+    return out
 
 
 def gradient_distance(synthetic_grads, real_grads) -> torch.Tensor:

@@ -84,24 +84,31 @@ class Resumable:
         self.settings = settings
         self.what = what
 
-    def load(self, optimizer, scheduler, generator: torch.Generator) -> dict | None:
-        """Restore optimiser, schedule, generator and global RNG from the newest usable
-        checkpoint and return it (for the loop's own entries); None: start clean."""
+    def load(self, optimizer, scheduler, generator) -> dict | None:
+        """Restore optimiser, schedule, generator (or list of generators: stacked synthetic
+        batches) and global RNG from the newest usable checkpoint and return it (for the loop's
+        own entries); None: start clean."""
         if self.path is None:
             return None
         state = load_checkpoint(self.path, self.what, self.settings)
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
+            if isinstance(generator, (list, tuple)):
+                for g, saved in zip(generator, state["generator"]):
+                    g.set_state(saved)
+            else:
+                generator.set_state(state["generator"])
             set_rng_state(state)
         return state
 
-    def save(self, optimizer, scheduler, generator: torch.Generator, history: list, **own) -> None:
+    def save(self, optimizer, scheduler, generator, history: list, **own) -> None:
         if self.path is None:
             return
+        generators = [g.get_state() for g in generator] if isinstance(generator, (list, tuple)) else \
+            generator.get_state()
         save_checkpoint(self.path, {**own, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "generator": generator.get_state(), **rng_state(), "history": history,
+                                    "generator": generators, **rng_state(), "history": history,
                                     "settings": self.settings})
 
     def check_finite(self, loss, desc: str, where: str) -> None:

@@ -62,7 +62,7 @@ def bilevel_loss_fn(task: DistillTask):
         idx = torch.randint(len(task.real), (real_batch_size,))
         x_real, y_real = stack_items(task.real, idx)
         loss = unrolled_loss(fresh, x, y, x_real.to(task.device), y_real.to(task.device), steps, inner_lr)
-        return loss, {"real_ce": loss.item()}
+        return loss, {"real_ce": loss.detach()}  # read when logged
     return loss_fn
 
 

@@ -29,7 +29,7 @@ from torch.func import functional_call
 from teddy.data import class_indices, stack_items
 from teddy.errors import TeddyError
 from teddy.io import load_torch, save_torch
-from teddy.losses import bn_statistics_loss, gradient_distance
+from teddy.losses import bn_statistics_loss, bn_statistics_losses, gradient_distance
 from teddy.methods.base import HARNESS_DEFAULTS, Distilled, DistillTask, run_batches
 from teddy.methods.registry import register_method
 
@@ -46,6 +46,10 @@ def statistics_loss_fn(recipe: dict):
 
     def loss_fn(model, x, y, iteration):
         return bn_statistics_loss(model, x, y, alpha=alpha, first_bn_weight=first_bn_weight, ce_weight=ce_weight)
+
+    def stacked(model, xs, ys, iteration):  # several batches through one forward (base.optimise_stack)
+        return bn_statistics_losses(model, xs, ys, alpha=alpha, first_bn_weight=first_bn_weight, ce_weight=ce_weight)
+    loss_fn.stacked = stacked
     return loss_fn
 
 
@@ -126,7 +130,7 @@ def gradient_loss_fn(pool, cache: dict):
             if real[c] is None:
                 raise TeddyError(f"gradient matching: class {c} has no real images in the gradient cache")
             total = total + gradient_distance(class_gradients(model, x[y == c], c, create_graph=True), real[c])
-        return total, {"grad": total.item()}
+        return total, {"grad": total.detach()}  # read when logged
     return loss_fn
 
 

@@ -17,7 +17,7 @@ reruns nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,6 +42,9 @@ class Machine:
     device: str = "auto"
     gpus_per_job: int = 0
     results_dir: str = "results"
+    # per distillation method, the recipe keys that set how fast its set is made, never what it
+    # is (teddy.stages.distill.SPEED_KEYS: stack, compile)
+    distill_speed: dict = field(default_factory=dict)
 
 
 def machine_from_config(cfg: dict) -> Machine:
@@ -51,7 +54,14 @@ def machine_from_config(cfg: dict) -> Machine:
                    num_workers=int(dataset["num_workers"]), student_workers=int(ev["num_workers"]),
                    in_memory_max_mb=float(ev["in_memory_max_mb"]),
                    normalisation_file=dataset.get("normalisation_file"), device=str(cfg["device"]),
-                   gpus_per_job=int(cfg["gpus_per_job"]), results_dir=str(cfg["results_dir"]))
+                   gpus_per_job=int(cfg["gpus_per_job"]), results_dir=str(cfg["results_dir"]),
+                   distill_speed=distill_speed(cfg["distill"]))
+
+
+def distill_speed(distill: dict) -> dict:
+    """Per method: its stack (the method's recipe key, else distill.stack) and compile flag."""
+    return {name: {"stack": int(recipe.get("stack", distill["stack"])), "compile": bool(recipe.get("compile", False))}
+            for name, recipe in distill["methods"].items()}
 
 
 def dataset_settings(cfg: dict) -> dict:

@@ -26,9 +26,20 @@ from teddy.resume import remove_checkpoint
 from teddy.train import resolve_device
 
 
+# recipe keys that set how fast a set is made, not what it is (the set does not depend on them:
+# tests/test_stack.py): they reach the job through the Machine, so changing them reruns nothing
+# and a rerun shard keeps its finished batches
+SPEED_KEYS = ("stack", "compile")
+
+
+def method_recipe(cfg: dict, method: str) -> dict:
+    """distill.methods.<method> without its speed keys."""
+    return {k: v for k, v in cfg["distill"]["methods"][method].items() if k not in SPEED_KEYS}
+
+
 def settings(cfg: dict, wildcards: dict) -> dict:
     method = str(wildcards["method"])
-    recipe = cfg["distill"]["methods"][method]
+    recipe = method_recipe(cfg, method)
     pool_name = recipe.get("pool")
     pool = cfg["pools"][pool_name] if pool_name else None
     out = {"dataset": dataset_settings(cfg), "method": method, "ipc": int(wildcards["ipc"]),
@@ -107,7 +118,8 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     todo = [b for b in batches if not writer.done(b)]
     if todo:
         pool = distill_pool(settings, info, real, device, pool_member_paths)
-        task = DistillTask(real=real, info=info, pool=pool, ipc=ipc, recipe=recipe, seed=seed, device=device,
+        task = DistillTask(real=real, info=info, pool=pool, ipc=ipc, seed=seed, device=device,
+                           recipe={**recipe, **machine.distill_speed.get(method_name, {})},
                            checkpoint_path=checkpoint, name=method_name)
         if per_batch(recipe["method"]):
             if len(todo) < len(batches):

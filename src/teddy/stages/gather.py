@@ -8,13 +8,13 @@ from pathlib import Path
 from teddy.data import dataset_info
 from teddy.shard_store import gather as gather_shards
 from teddy.stages.common import SAFETY, Machine, dataset_cfg, dataset_settings, request, shape
-from teddy.stages.distill import shards
+from teddy.stages.distill import method_recipe, shards
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
     method = str(wildcards["method"])
     return {"dataset": dataset_settings(cfg), "method": method, "ipc": int(wildcards["ipc"]),
-            "recipe": cfg["distill"]["methods"][method], "batches_per_shard": cfg["distill"]["batches_per_shard"]}
+            "recipe": method_recipe(cfg, method), "batches_per_shard": cfg["distill"]["batches_per_shard"]}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
