@@ -17,7 +17,7 @@ GPU (the figures docs/gpu_loops.md asks for; about 3-4 minutes on an H100 for Re
 CPU (small sizes; checks that it runs, the figures say nothing about a GPU):
 
     PYTHONPATH=src .venv/bin/python benchmarks/student_throughput.py --device cpu --image-size 32 \\
-        --batch 16 --steps 4 --classes 10
+        --batch 16 --steps 8 --warmup 2 --classes 10 --threads 1
 
 The recipe is config/imagenet1k.yaml's evaluate recipe (AdamW, KD temperature, crops 0.08-1,
 flip, CutMix, bf16 autocast and channels-last on CUDA) at --batch with no accumulation.
@@ -186,8 +186,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="recipe compile: true (CUDA only)")
     ap.add_argument("--grid", action="store_true", help="measure every student of the config")
     ap.add_argument("--config", default=str(REPO / "config/imagenet1k.yaml"))
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (default torch's; 1 on a shared machine)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
