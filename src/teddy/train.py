@@ -175,17 +175,20 @@ def targets_for(teacher: nn.Module | None = None, label_store: LabelStore | None
 
 def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torch.optim.Optimizer, scheduler, *,
                     device: torch.device, accumulate: int = 1, world: int = 1, channels_last: bool = False,
-                    amp: bool = False, guard: Resumable | None = None, desc: str = "train", epoch: int = 0) -> float:
+                    amp: bool = False, guard: Resumable | None = None, desc: str = "train", epoch: int = 0,
+                    check_each_step: bool | None = None) -> float:
     """One epoch over `batches` (teddy.student_data MicroBatches, `accumulate` per optimiser step);
     `model` may be DDP-wrapped (gradients all-reduced on the last micro-batch of a batch only).
     Returns the mean loss over every image of the epoch, summed over processes. `guard` (the
-    run's checkpoint) names the checkpoint kept when a loss is not finite."""
+    run's checkpoint) names the checkpoint kept when a loss is not finite: checked at every step
+    on CPU, once per epoch elsewhere (`check_each_step` overrides), so that a GPU step does not
+    wait for the host."""
     guard = guard if guard is not None else Resumable(None, {})
     model.train()
     # the running loss stays on the device (float64: the same sums as Python floats of the
     # per-step losses) and is read once per epoch; off CPU the NaN guard reads it then too
     total_loss, seen = torch.zeros((), dtype=torch.float64, device=device), 0
-    check_each_step = device.type == "cpu"
+    check_each_step = device.type == "cpu" if check_each_step is None else bool(check_each_step)
     for mb in batches:
         x = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
         if mb.micro == 0:
