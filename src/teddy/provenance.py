@@ -14,6 +14,8 @@ from teddy.models import arch_spec
 
 # dataset keys that say where the data is or how fast it is read, not what it is
 _DATASET_LOCATION_KEYS = ("root", "download", "num_workers", "normalisation_file")
+# student recipe keys that change how fast a run is, not its numbers
+_RECIPE_SPEED_KEYS = ("compile",)
 
 
 def dataset_settings(cfg: dict) -> dict:
@@ -37,8 +39,16 @@ def stage_settings(cfg: dict, stage: str, **wildcards) -> dict:
         return {"dataset": data, "recipe": recipe, "seed": cfg["distill"].get("seed", 0),
                 "pool": cfg["pools"][pool] if pool else None, "model": arch_spec(cfg, base["arch"])}
     if stage in ("relabel", "evaluate"):
+        from teddy.label_store import STORE_FORMAT_VERSION
+
         ev = cfg["evaluate"]
-        settings = {"dataset": data, "recipe": ev["recipe"], "keep_topk": ev.get("keep_topk")}
+        # recipe.compile (torch.compile) changes how fast, not what; so do evaluate's
+        # in_memory_max_mb, device_memory_fraction and num_workers (every placement of the set
+        # gives the same batches), which are not recipe keys
+        recipe = {k: v for k, v in ev["recipe"].items() if k not in _RECIPE_SPEED_KEYS}
+        settings = {"dataset": data, "recipe": recipe, "keep_topk": ev.get("keep_topk")}
+        if stage == "relabel":  # a store of an older format is rebuilt, not refused by evaluate
+            settings["label_store_format"] = STORE_FORMAT_VERSION
         if stage == "evaluate":
             settings["model"] = arch_spec(cfg, wildcards["arch"])
         return settings
