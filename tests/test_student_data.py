@@ -128,27 +128,34 @@ def _png_set(root, n_per_class=3, classes=3, size=12, channels=3):
                       std=std, channels=channels, image_size=size, config={})
 
 
-def _three_placements(meta_path):
+def _three_placements(meta_path, device=CPU):
     from teddy.distilled_set import PngSetDataset
     from teddy.student_data import PixelSet, load_set_pixels
 
     memory, _ = load_student_set(meta_path)
     streamed, _ = load_student_set(meta_path, in_memory_max_mb=0)
-    device, _ = load_set_pixels(meta_path, CPU)
+    device, _ = load_set_pixels(meta_path, device)
     assert isinstance(memory, TensorImageDataset) and isinstance(streamed, PngSetDataset)
     assert isinstance(device, PixelSet) and device.pixels.dtype == torch.uint8
     return {"memory": memory, "streamed": streamed, "device": device}
 
 
+DEVICES = [CPU, pytest.param(torch.device("cuda"), marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                            reason="no CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=["cpu", "cuda"])
 @pytest.mark.parametrize("chunks", [1, 2])
 @pytest.mark.parametrize("augment", sorted(AUGMENTS))
-def test_device_streamed_and_memory_paths_give_the_same_batches(tmp_path, augment, chunks):
-    """Same plan, same crops, flips, shifts and mix partners: bit for bit on one device."""
+def test_device_streamed_and_memory_paths_give_the_same_batches(tmp_path, augment, chunks, device):
+    """Same plan, same crops, flips, shifts and mix partners: bit for bit on one device (on
+    CUDA the set's pixels are on the GPU, the others are copied there per batch)."""
     meta = _png_set(tmp_path / "set")
-    placements = _three_placements(tmp_path / "set/meta.json")
+    placements = _three_placements(tmp_path / "set/meta.json", device)
     plan = plan_epoch(9, 4, 12, AUGMENTS[augment], torch.Generator().manual_seed(4), chunks)
-    runs = {name: list(StudentData(data, 12, CPU, mean=meta["mean"], std=meta["std"], accumulate=chunks).epoch(plan))
-            for name, data in placements.items()}
+    runs = {name: list(StudentData(data, 12, device, mean=meta["mean"], std=meta["std"], accumulate=chunks)
+                       .epoch(plan)) for name, data in placements.items()}
+    assert all(mb.x.device.type == device.type for mbs in runs.values() for mb in mbs)
     reference = runs.pop("memory")
     assert len(reference) == (len(plan["bounds"]) - 1) * chunks
     for name, batches in runs.items():
