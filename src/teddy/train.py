@@ -208,9 +208,9 @@ def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torc
             scheduler.step()
         total_loss += loss.detach().double() * len(mb.y)
         seen += len(mb.y)
-    if not check_each_step:  # the losses are >= 0: their sum is finite iff every one is
-        guard.check_finite(total_loss, desc, f"epoch {epoch + 1} (checked once per epoch on {device.type})")
     total_loss, seen = all_reduce_sum([total_loss.item(), seen], device)
+    if not check_each_step:  # the losses are >= 0: the sum (over processes too) is finite iff every one is
+        guard.check_finite(torch.tensor(total_loss), desc, f"epoch {epoch + 1} (checked once per epoch on {device.type})")
     return total_loss / max(1, seen)
 
 
