@@ -8,12 +8,17 @@ batch and, as config switches, CutMix or Mixup per batch. The same plan drives t
 student, the stored-label writer (teddy.label_store, which saves it beside the teacher's
 logits) and a student trained from stored labels, so all three see the very same pixels.
 
-Small sets held in memory (TensorImageDataset) crop every image of a batch in one
-torchvision.ops.roi_align call; ImageFolder data (real trees, the distilled PNG sets) is decoded
-and cropped from the full-resolution image inside DataLoader workers (persistent, pinned
-memory on CUDA). Without `crop`, ImageFolder items keep the dataset's own transform (resize and
-centre crop), and the draws are those of the older batch-level augmentation, so runs without
-crop are unchanged.
+A distilled set lies in one of three places (`load_student_set`): as uint8 pixels on the device
+(PixelSet, on CUDA when it fits evaluate.device_memory_fraction of the GPU's memory), as
+normalised float32 tensors in host memory (TensorImageDataset, within evaluate.in_memory_max_mb),
+or as PNGs decoded by DataLoader workers (persistent, pinned memory on CUDA). All three take the
+same path to a batch (StudentData.epoch): gathered, on the device, normalised, every image
+cropped to its own box in one torchvision.ops.roi_align call, flipped, shifted and mixed, so the
+same plan gives the same batches bit for bit on one device, and a label store written on one
+placement serves the others. ImageFolder trees of real images (base training) are cropped from
+the full-resolution image inside the workers. Without `crop`, ImageFolder items keep the
+dataset's own transform (resize and centre crop), and the draws are those of the older
+batch-level augmentation, so runs without crop are unchanged.
 
 Followed: SRe2L's and RDED's student recipes (RandomResizedCrop with the dataset's scale range,
 flip, CutMix with the box-area label weight of Yun et al. 2019, Mixup of Zhang et al. 2018),
