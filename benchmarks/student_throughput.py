@@ -196,10 +196,12 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     cfg = yaml.safe_load(Path(args.config).read_text())
     recipe = recipe_for(cfg, args, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{name}; torch {torch.__version__}; {when}")
-    print(f"batch {args.batch}, {args.image_size} px, {args.classes} classes, teacher {args.teacher}, path {args.path}, "
+    print(f"batch {args.batch}, {args.image_size} px, {args.classes} classes, teacher {args.teacher}, "
+          f"path {args.path}, "
           f"amp {bool(recipe.get('amp')) and device.type == 'cuda'}, channels_last "
           f"{bool(recipe.get('channels_last')) and device.type == 'cuda'}, compile {bool(recipe.get('compile'))}")
     archs = list(cfg["evaluate"]["students"]) if args.grid else [args.arch]

@@ -36,7 +36,8 @@ from teddy.errors import TeddyError
 from teddy.io import load_json, load_torch, save_json, save_torch
 from teddy.student_data import StudentData, plan_epoch
 
-STORE_FORMAT_VERSION = 3  # 3: streamed PNG sets are cropped like in-memory ones (roi_align), so older stores of them no longer match
+# 3: streamed PNG sets are cropped like in-memory ones (roi_align): older stores of them no longer match
+STORE_FORMAT_VERSION = 3
 MISSING_LOGIT = -1.0e4  # logits outside the top k: probability 0 after softmax, still finite in KL
 
 

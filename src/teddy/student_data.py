@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from teddy.data import TensorImageDataset, apply_augment
+from teddy.data import TensorImageDataset
 from teddy.errors import TeddyError
 
 MIX_NONE, MIX_CUTMIX, MIX_MIXUP = 0, 1, 2
@@ -368,8 +368,8 @@ class StudentData:
             order = plan["order"].to(self.dataset.pixels.device).long()
             raw = ((self.dataset.pixels[order[span]], self.dataset.targets[order[span]]) for *_, span in jobs)
         else:
-            self.sampler.items = [[(int(plan["order"][lo + p]), None if not (boxes is not None and self.source == "folder")
-                                    else boxes[lo + p].tolist())
+            boxed = boxes is not None and self.source == "folder"  # PNG items are cropped on the device
+            self.sampler.items = [[(int(plan["order"][lo + p]), boxes[lo + p].tolist() if boxed else None)
                                    for p in pos.tolist()] for _, _, lo, _, pos, _ in jobs]
             raw = iter(self.loader)
         for (step, micro, lo, hi, pos, span), (x, y) in zip(jobs, raw):

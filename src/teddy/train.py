@@ -210,7 +210,8 @@ def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torc
         seen += len(mb.y)
     total_loss, seen = all_reduce_sum([total_loss.item(), seen], device)
     if not check_each_step:  # the losses are >= 0: the sum (over processes too) is finite iff every one is
-        guard.check_finite(torch.tensor(total_loss), desc, f"epoch {epoch + 1} (checked once per epoch on {device.type})")
+        guard.check_finite(torch.tensor(total_loss), desc,
+                           f"epoch {epoch + 1} (checked once per epoch on {device.type})")
     return total_loss / max(1, seen)
 
 
