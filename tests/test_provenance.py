@@ -74,6 +74,9 @@ def test_a_changed_value_changes_the_settings_of_the_stages_it_shapes(edit, stag
     set_key("distill", "stack", 4),                       # speed knobs: the set does not depend on them
     set_key("distill", "methods", "teddy", "stack", 8),
     set_key("distill", "methods", "teddy", "compile", True),
+    set_key("evaluate", "device_memory_fraction", 0.5),  # where the student's set lies: same batches
+    set_key("evaluate", "in_memory_max_mb", 1),
+    set_key("evaluate", "recipe", "compile", True),  # torch.compile: a speed knob
 ])
 def test_adding_a_cell_or_moving_the_data_changes_no_settings(edit):
     assert changed(edit) == set()

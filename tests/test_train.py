@@ -60,3 +60,39 @@ def test_recalibrate_bn_moves_statistics_to_the_data():
     bn = model.features[1]
     # first BN sees conv(x) of shifted inputs: its running mean is no longer the reset value 0
     assert bn.running_mean.abs().sum() > 0.1 and bn.num_batches_tracked > 0
+
+
+def test_the_epoch_level_nan_guard_off_cpu_names_the_epoch_and_keeps_results_exact():
+    """What CUDA runs do (the running loss stays on the device, the guard reads it once per
+    epoch), exercised on CPU: the same mean loss, and a non-finite loss still stops the run."""
+    from teddy.student_data import StudentData, plan_epoch
+    from teddy.train import HardLabels, cosine_with_warmup, make_optimizer, train_one_epoch
+
+    data = _toy_set(40)
+
+    def one_epoch(check_each_step, lr=0.05):
+        torch.manual_seed(0)
+        model = build_model("convnet", 10, 1, 28, depth=1, width=4)
+        recipe = {**RECIPE, "lr": lr}
+        optimizer = make_optimizer(model.parameters(), recipe)
+        plan = plan_epoch(40, 16, 28, {"flip": True, "max_shift": 2}, torch.Generator().manual_seed(0))
+        return train_one_epoch(model, StudentData(data, 28, CPU).epoch(plan), HardLabels().configure(recipe, CPU),
+                               optimizer, cosine_with_warmup(optimizer, 3), device=CPU,
+                               check_each_step=check_each_step)
+
+    assert one_epoch(False) == one_epoch(True) == one_epoch(None)
+    with pytest.raises(TeddyError, match=r"non-finite loss at epoch 1 \(checked once per epoch on cpu\)"):
+        one_epoch(False, lr=1e30)
+    with pytest.raises(TeddyError, match="non-finite loss at epoch 1, step"):
+        one_epoch(None, lr=1e30)
+
+
+def test_cuda_only_recipe_switches_leave_cpu_runs_exact():
+    teacher = build_model("convnet", 10, 1, 28, depth=1, width=4)
+    runs = []
+    for extra in ({}, {"compile": True, "amp": True, "channels_last": True}):
+        torch.manual_seed(0)
+        model = build_model("convnet", 10, 1, 28, depth=1, width=4)
+        runs.append(fit(model, _toy_set(40), {**RECIPE, "epochs": 2, **extra}, CPU, seed=0,
+                        targets=targets_for(teacher)))
+    assert [h["loss"] for h in runs[0]] == [h["loss"] for h in runs[1]]

@@ -36,7 +36,8 @@ from teddy.errors import TeddyError
 from teddy.io import load_json, load_torch, save_json, save_torch
 from teddy.student_data import StudentData, plan_epoch
 
-STORE_FORMAT_VERSION = 2
+# 3: streamed PNG sets are cropped like in-memory ones (roi_align): older stores of them no longer match
+STORE_FORMAT_VERSION = 3
 MISSING_LOGIT = -1.0e4  # logits outside the top k: probability 0 after softmax, still finite in KL
 
 
@@ -76,13 +77,25 @@ def write_label_store(meta_path, dataset, teacher: nn.Module, recipe: dict, seed
         raise TeddyError(f"evaluate.keep_topk={keep_topk} exceeds the {num_classes} classes")
     store_dir = Path(meta_path).parent
     settings = store_settings(recipe, seed, chunks, len(dataset), num_classes, keep_topk)
+    from teddy.train import autocast_for, compiled
+
     teacher = teacher.to(device).eval()
+    # as the online-KD student runs its teacher: channels-last, bf16 autocast, compiled (CUDA only)
+    channels_last = device.type == "cuda" and bool(recipe.get("channels_last"))
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    forward = compiled(teacher, recipe, device)
+    amp = bool(recipe.get("amp", False))
     generator = torch.Generator().manual_seed(int(seed))
     data = StudentData(dataset, image_size, device, mean=mean, std=std, num_workers=num_workers, accumulate=chunks)
     aug_cfg = recipe.get("augment") or {}
     for epoch in tqdm(range(settings["epochs"]), desc="relabel", file=sys.stderr, mininterval=5):
         plan = plan_epoch(len(dataset), settings["batch_size"], image_size, aug_cfg, generator, chunks)
-        logits = [teacher(mb.x).float() for mb in data.epoch(plan)]
+        logits = []
+        for mb in data.epoch(plan):
+            x = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
+            with autocast_for(device, amp):
+                logits.append(forward(x).float())
         logits = torch.cat(logits) if logits else torch.zeros(0, num_classes)
         values, classes = logits.topk(keep_topk, dim=1)
         save_torch({**plan, "values": values.to(logits_dtype).cpu(), "classes": classes.to(class_dtype(num_classes)).cpu(),

@@ -8,12 +8,17 @@ batch and, as config switches, CutMix or Mixup per batch. The same plan drives t
 student, the stored-label writer (teddy.label_store, which saves it beside the teacher's
 logits) and a student trained from stored labels, so all three see the very same pixels.
 
-Small sets held in memory (TensorImageDataset) crop every image of a batch in one
-torchvision.ops.roi_align call; ImageFolder data (real trees, the distilled PNG sets) is decoded
-and cropped from the full-resolution image inside DataLoader workers (persistent, pinned
-memory on CUDA). Without `crop`, ImageFolder items keep the dataset's own transform (resize and
-centre crop), and the draws are those of the older batch-level augmentation, so runs without
-crop are unchanged.
+A distilled set lies in one of three places (`load_student_set`): as uint8 pixels on the device
+(PixelSet, on CUDA when it fits evaluate.device_memory_fraction of the GPU's memory), as
+normalised float32 tensors in host memory (TensorImageDataset, within evaluate.in_memory_max_mb),
+or as PNGs decoded by DataLoader workers (persistent, pinned memory on CUDA). All three take the
+same path to a batch (StudentData.epoch): gathered, on the device, normalised, every image
+cropped to its own box in one torchvision.ops.roi_align call, flipped, shifted and mixed, so the
+same plan gives the same batches bit for bit on one device, and a label store written on one
+placement serves the others. ImageFolder trees of real images (base training) are cropped from
+the full-resolution image inside the workers. Without `crop`, ImageFolder items keep the
+dataset's own transform (resize and centre crop), and the draws are those of the older
+batch-level augmentation, so runs without crop are unchanged.
 
 Followed: SRe2L's and RDED's student recipes (RandomResizedCrop with the dataset's scale range,
 flip, CutMix with the box-area label weight of Yun et al. 2019, Mixup of Zhang et al. 2018),
@@ -30,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from teddy.augment import apply_augment
 from teddy.data import TensorImageDataset
 from teddy.errors import TeddyError
 
@@ -130,15 +134,28 @@ def plan_batches(plan: dict) -> int:
 # --- applying it -----------------------------------------------------------------------------
 
 def roi_crop(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Crop each image of `x` to its own relative box and resize back to x's size, in one call."""
+    """Crop each image of `x` to its own relative box and resize back to x's size, in one call
+    (on x's device, with no host round trip)."""
     from torchvision.ops import roi_align
 
     h, w = x.shape[-2:]
-    scale = torch.tensor([w, h, w, h], dtype=x.dtype, device=x.device)
-    rois = torch.cat([torch.arange(len(x), device=x.device, dtype=x.dtype).unsqueeze(1),
-                      boxes.to(x.device, x.dtype) * scale], dim=1)
+    b = boxes.to(x.device, x.dtype)
+    rois = torch.stack([torch.arange(len(x), device=x.device, dtype=x.dtype),
+                        b[:, 0] * w, b[:, 1] * h, b[:, 2] * w, b[:, 3] * h], dim=1)
     # sampling_ratio 1: one bilinear sample at each output pixel centre (a full box is the identity)
     return roi_align(x, rois, output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+
+
+def flip_and_shift(x: torch.Tensor, flip: torch.Tensor, shift) -> torch.Tensor:
+    """teddy.augment.apply_augment's flip and shift, with the flip mask already a tensor on x's device."""
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    dy, dx = (int(v) for v in shift)
+    pad = max(abs(dy), abs(dx))
+    if pad:
+        size = x.shape[-2:]
+        x = F.pad(x, (pad, pad, pad, pad))
+        x = x[..., pad + dy: pad + dy + size[0], pad + dx: pad + dx + size[1]]
+    return x
 
 
 def apply_mix(x: torch.Tensor, kind: int, lam: float, box, local_perm: torch.Tensor) -> torch.Tensor:
@@ -175,20 +192,71 @@ def _open_rgb(path):
         return img.convert("RGB")
 
 
+class PixelSet(Dataset):
+    """A distilled set decoded once into uint8 pixels [N, C, H, W] on a device (the GPU when it
+    fits evaluate.device_memory_fraction of the device's memory; see `load_student_set`).
+    StudentData gathers, normalises, crops, flips and mixes its batches where the pixels lie,
+    exactly as it does for the host tensors of TensorImageDataset and the streamed PNGs."""
+
+    def __init__(self, pixels: torch.Tensor, targets: torch.Tensor, class_names, mean, std):
+        if pixels.dtype != torch.uint8 or pixels.ndim != 4:
+            raise ValueError(f"PixelSet wants uint8 N x C x H x W pixels, got {pixels.dtype} {tuple(pixels.shape)}")
+        self.pixels, self.targets = pixels, targets.to(pixels.device).long()
+        self.class_names, self.mean, self.std = list(class_names), [float(m) for m in mean], [float(v) for v in std]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.pixels.shape[-1])
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from teddy.distilled_set import from_uint8
+
+        return from_uint8(self.pixels[i:i + 1], self.mean, self.std)[0], self.targets[i]
+
+
+class _PngPixels(Dataset):
+    """(uint8 pixels, label) of each image of a PNG set (teddy.distilled_set), decoded in workers."""
+
+    def __init__(self, png_set):
+        self.files, self.meta = png_set.files, png_set.meta
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from teddy.distilled_set import _read_pixels
+
+        path, label = self.files[int(i)]
+        return _read_pixels(path, int(self.meta["channels"]), int(self.meta["image_size"])), int(label)
+
+
+def _is_png_set(dataset) -> bool:
+    from teddy.distilled_set import PngSetDataset
+
+    return isinstance(dataset, PngSetDataset)
+
+
 class _PlannedFolder(Dataset):
     """An ImageFolder item looked up by (index, box): the box is cropped from the full-resolution
-    image and resized to `image_size` in the worker; without a box, the dataset's own transform."""
+    image and resized to `image_size` in the worker; without a box, the dataset's own transform.
+    A distilled PNG set (stored at its training size) is only decoded: its items are uint8
+    pixels, normalised and cropped after the copy to the device, as in memory."""
 
     def __init__(self, dataset, image_size: int, mean, std):
         base, self.indices = dataset, None
         if hasattr(dataset, "base") and hasattr(dataset, "indices"):  # teddy.data.FolderSubset
             base, self.indices = dataset.base, dataset.indices
+        self.png = _PngPixels(base) if _is_png_set(base) else None
         # torchvision's ImageFolder lists (path, class) in `samples`; teddy.distilled_set's PNG set in `files`
         self.samples = getattr(base, "samples", None) or getattr(base, "files", None)
         if self.samples is None:
             raise TeddyError(f"{type(dataset).__name__} is neither in memory nor an ImageFolder")
         self.loader = getattr(base, "loader", None) or _open_rgb
-        self.base, self.image_size, self.mean, self.std = base, int(image_size), list(mean), list(std)
+        self.base, self.image_size = base, int(image_size)
+        self.mean, self.std = (list(mean) if mean is not None else None), (list(std) if std is not None else None)
 
     def __len__(self):
         return len(self.indices) if self.indices is not None else len(self.base)
@@ -198,6 +266,8 @@ class _PlannedFolder(Dataset):
 
         i, box = key
         j = int(self.indices[i]) if self.indices is not None else int(i)
+        if self.png is not None:
+            return self.png[j]
         if box is None:
             x, y = self.base[j]
             return x, int(y)
@@ -232,24 +302,47 @@ class _PlanSampler:
 
 
 class StudentData:
-    """Micro-batches of a plan, for process `rank` of `world`, `accumulate` steps per batch."""
+    """Micro-batches of a plan, for process `rank` of `world`, `accumulate` steps per batch.
+
+    One code path for every source: the images of a micro-batch are gathered (host tensors of
+    TensorImageDataset; uint8 pixels of a PixelSet, on its device; or decoded by DataLoader
+    workers), moved to `device`, normalised when they are pixels, then cropped (one roi_align),
+    flipped, shifted and mixed on `device`. The plan's per-image tensors go to the device once
+    per epoch, so a step does no host round trip. ImageFolder trees of real images are the one
+    exception: their crops are taken from the full-resolution image in the workers."""
 
     def __init__(self, dataset, image_size: int, device: torch.device, *, mean=None, std=None,
                  num_workers: int = 0, rank: int = 0, world: int = 1, accumulate: int = 1):
         self.dataset, self.image_size, self.device = dataset, int(image_size), device
         self.rank, self.world, self.accumulate = int(rank), int(world), int(accumulate)
-        self.in_memory = isinstance(dataset, TensorImageDataset)
-        self.loader = None
-        if not self.in_memory:
+        self.in_memory = isinstance(dataset, (TensorImageDataset, PixelSet))
+        self.loader, self.pixel_stats = None, None
+        if isinstance(dataset, PixelSet):
+            self.source = "pixels"
+            set_mean, set_std = dataset.mean, dataset.std
+        elif isinstance(dataset, TensorImageDataset):
+            self.source = "tensor"
+        else:
             self.folder = _PlannedFolder(dataset, image_size, mean, std)
+            self.source = "png" if self.folder.png is not None else "folder"
+            if self.source == "png":
+                set_mean, set_std = self.folder.png.meta["mean"], self.folder.png.meta["std"]
             self.sampler = _PlanSampler()
             workers = int(num_workers)
             self.loader = DataLoader(self.folder, batch_sampler=self.sampler, num_workers=workers,
                                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+        if self.source in ("pixels", "png"):  # teddy.distilled_set.from_uint8's constants, made once
+            self.pixel_stats = tuple(torch.tensor([float(v) for v in vs], dtype=torch.float32).view(1, -1, 1, 1)
+                                     .to(device) for vs in (set_mean, set_std))
 
     def my_chunks(self, n: int) -> list[torch.Tensor]:
         chunks = chunk_positions(n, self.world * self.accumulate)
         return chunks[self.rank * self.accumulate:(self.rank + 1) * self.accumulate]
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """teddy.distilled_set.from_uint8, with its constants already on the device."""
+        mean, std = self.pixel_stats
+        return (pixels.float().div_(255.0) - mean) / std
 
     def epoch(self, plan: dict):
         """Yield the MicroBatch of every step of the plan that belongs to this process."""
@@ -260,40 +353,96 @@ class StudentData:
         for step in range(plan_batches(plan)):
             lo, hi = int(plan["bounds"][step]), int(plan["bounds"][step + 1])
             for micro, pos in enumerate(self.my_chunks(hi - lo)):
-                jobs.append((step, micro, lo, hi, pos))
+                # chunks are contiguous: a slice of the plan's per-image tensors
+                span = slice(lo + int(pos[0]), lo + int(pos[-1]) + 1) if len(pos) else slice(lo, lo)
+                jobs.append((step, micro, lo, hi, pos, span))
+        dev = self.device
         boxes = plan["boxes"]
-        if self.in_memory:
-            raw = (self._memory_batch(plan, lo, pos) for _, _, lo, _, pos in jobs)
+        crop = boxes is not None and self.source != "folder"  # folder items come cropped from the workers
+        boxes_dev = boxes.to(dev) if crop else None
+        flips, perms = plan["flip"].to(dev), plan["mix_perm"].to(dev).long()
+        if self.source == "tensor":
+            order = plan["order"].long()
+            raw = ((self.dataset.images[order[span]], self.dataset.targets[order[span]]) for *_, span in jobs)
+        elif self.source == "pixels":
+            order = plan["order"].to(self.dataset.pixels.device).long()
+            raw = ((self.dataset.pixels[order[span]], self.dataset.targets[order[span]]) for *_, span in jobs)
         else:
-            self.sampler.items = [[(int(plan["order"][lo + p]), None if boxes is None else boxes[lo + p].tolist())
-                                   for p in pos.tolist()] for _, _, lo, _, pos in jobs]
+            boxed = boxes is not None and self.source == "folder"  # PNG items are cropped on the device
+            self.sampler.items = [[(int(plan["order"][lo + p]), boxes[lo + p].tolist() if boxed else None)
+                                   for p in pos.tolist()] for _, _, lo, _, pos, _ in jobs]
             raw = iter(self.loader)
-        for (step, micro, lo, hi, pos), (x, y) in zip(jobs, raw):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if boxes is not None and self.in_memory:
-                x = roi_crop(x, boxes[lo + pos])
-            shift = [int(v) for v in plan["shift"][step]]
-            x = apply_augment(x, {"flip": plan["flip"][lo + pos].tolist(), "shift": tuple(shift)})
+        for (step, micro, lo, hi, pos, span), (x, y) in zip(jobs, raw):
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if self.pixel_stats is not None:
+                x = self._normalise(x)
+            if crop:
+                x = roi_crop(x, boxes_dev[span])
+            x = flip_and_shift(x, flips[span], plan["shift"][step].tolist())
             kind, lam = int(plan["mix_kind"][step]), float(plan["mix_lam"][step])
-            local_perm = (plan["mix_perm"][lo + pos].long() - int(pos[0])) if len(pos) else pos
+            local_perm = perms[span] - (span.start - lo) if len(pos) else perms[span]
             x = apply_mix(x, kind, lam, plan["mix_box"][step].tolist(), local_perm)
-            yield MicroBatch(step, micro, lo + pos, x, y, kind, lam, local_perm.to(self.device), hi - lo)
-
-    def _memory_batch(self, plan, lo, pos):
-        idx = plan["order"][lo + pos].long()
-        return self.dataset.images[idx], self.dataset.targets[idx]
+            yield MicroBatch(step, micro, lo + pos, x, y, kind, lam, local_perm, hi - lo)
 
 
-def load_student_set(set_meta, in_memory_max_mb: float = 1024, num_workers: int = 0):
-    """(dataset, meta) of a distilled PNG set: whole in memory (TensorImageDataset) when its
-    float32 tensor fits in `in_memory_max_mb`, else read lazily by `num_workers` DataLoader
-    workers, so a job's memory is bounded by batch and workers rather than by the set."""
+# --- which path a distilled set takes ---------------------------------------------------------
+
+DEVICE_MEMORY_FRACTION = 0.25  # evaluate.device_memory_fraction's default
+
+
+def device_memory_bytes(device: torch.device | None) -> int | None:
+    """The device's total memory in bytes; None on CPU (where evaluate.in_memory_max_mb decides)."""
+    if device is None or device.type != "cuda":
+        return None
+    return int(torch.cuda.get_device_properties(device).total_memory)
+
+
+def student_set_placement(pixel_bytes: int, device: torch.device | None, in_memory_max_mb: float = 1024,
+                          device_memory_fraction: float = DEVICE_MEMORY_FRACTION) -> str:
+    """Where a distilled set of `pixel_bytes` uint8 pixels is held: "device" (a PixelSet on the
+    device) when it fits `device_memory_fraction` of the device's memory, else "memory"
+    (normalised float32 on the host) when that is within `in_memory_max_mb`, else "stream"."""
+    total = device_memory_bytes(device)
+    if total is not None and pixel_bytes <= float(device_memory_fraction) * total:
+        return "device"
+    return "memory" if pixel_bytes * 4 / 2**20 <= float(in_memory_max_mb) else "stream"
+
+
+def load_set_pixels(set_meta, device: torch.device, num_workers: int = 0) -> tuple[PixelSet, dict]:
+    """A PNG set decoded once (by `num_workers` DataLoader workers) into a PixelSet on `device`,
+    written batch by batch into one preallocated uint8 tensor there."""
+    from teddy.distilled_set import read_set
+
+    meta, png_set = read_set(set_meta)
+    channels, size = int(meta["channels"]), int(meta["image_size"])
+    pixels = torch.empty(len(png_set), channels, size, size, dtype=torch.uint8, device=device)
+    loader = DataLoader(_PngPixels(png_set), batch_size=256, num_workers=int(num_workers),
+                        pin_memory=device.type == "cuda")
+    at = 0
+    for batch, _ in loader:
+        pixels[at:at + len(batch)].copy_(batch, non_blocking=True)
+        at += len(batch)
+    return PixelSet(pixels, png_set.targets, meta["class_names"], meta["mean"], meta["std"]), meta
+
+
+def load_student_set(set_meta, in_memory_max_mb: float = 1024, num_workers: int = 0, *,
+                     device: torch.device | None = None,
+                     device_memory_fraction: float = DEVICE_MEMORY_FRACTION):
+    """(dataset, meta) of a distilled PNG set, placed by `student_set_placement`: decoded once
+    into uint8 pixels on `device` (PixelSet) when they fit `device_memory_fraction` of its
+    memory (CUDA only); else whole in host memory (TensorImageDataset) when its float32 tensor
+    fits in `in_memory_max_mb`; else read lazily by `num_workers` DataLoader workers, so a job's
+    memory is bounded by batch and workers rather than by the set. Every placement gives the
+    same batches for the same plan."""
     from teddy.distilled_set import check_set, load_set_tensors, read_set
 
     meta = check_set(set_meta)
     n = sum(int(c) for c in meta["counts"])
-    size_mb = n * int(meta["channels"]) * int(meta["image_size"]) ** 2 * 4 / 2**20
-    if size_mb <= in_memory_max_mb:
+    pixel_bytes = n * int(meta["channels"]) * int(meta["image_size"]) ** 2
+    where = student_set_placement(pixel_bytes, device, in_memory_max_mb, device_memory_fraction)
+    if where == "device":
+        return load_set_pixels(set_meta, device, num_workers)
+    if where == "memory":
         images, labels, meta = load_set_tensors(set_meta)
         return TensorImageDataset(images, labels, meta["class_names"]), meta
     meta, dataset = read_set(set_meta)

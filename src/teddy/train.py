@@ -79,6 +79,14 @@ def evaluate_accuracy(model: nn.Module, dataset, device: torch.device, batch_siz
     return correct / max(1, total)
 
 
+def compiled(model: nn.Module, recipe: dict, device: torch.device):
+    """`torch.compile(model)` when the recipe sets `compile: true` on CUDA (a speed knob, off by
+    default and not yet measured on a GPU: docs/gpu_loops.md); the model itself otherwise."""
+    if recipe.get("compile") and device.type == "cuda":
+        return torch.compile(model)
+    return model
+
+
 # --- what a micro-batch's loss is measured against ---------------------------------------------
 
 class Targets:
@@ -123,15 +131,18 @@ class TeacherTargets(Targets):
     kd, hard_weight = True, 0.0
 
     def __init__(self, teacher: nn.Module):
-        self.teacher = teacher
+        self.teacher = self.forward = teacher
 
     def configure(self, recipe: dict, device: torch.device) -> "Targets":
         self.teacher.to(device).eval()
+        if device.type == "cuda" and recipe.get("channels_last"):  # the student's inputs are channels-last
+            self.teacher.to(memory_format=torch.channels_last)
+        self.forward = compiled(self.teacher, recipe, device)
         return super().configure(recipe, device)
 
     def soft_logits(self, x, mb):
         with torch.no_grad():
-            return self.teacher(x)
+            return self.forward(x)
 
 
 class StoredTargets(Targets):
@@ -164,14 +175,20 @@ def targets_for(teacher: nn.Module | None = None, label_store: LabelStore | None
 
 def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torch.optim.Optimizer, scheduler, *,
                     device: torch.device, accumulate: int = 1, world: int = 1, channels_last: bool = False,
-                    amp: bool = False, guard: Resumable | None = None, desc: str = "train", epoch: int = 0) -> float:
+                    amp: bool = False, guard: Resumable | None = None, desc: str = "train", epoch: int = 0,
+                    check_each_step: bool | None = None) -> float:
     """One epoch over `batches` (teddy.student_data MicroBatches, `accumulate` per optimiser step);
     `model` may be DDP-wrapped (gradients all-reduced on the last micro-batch of a batch only).
     Returns the mean loss over every image of the epoch, summed over processes. `guard` (the
-    run's checkpoint) names the checkpoint kept when a loss is not finite."""
+    run's checkpoint) names the checkpoint kept when a loss is not finite: checked at every step
+    on CPU, once per epoch elsewhere (`check_each_step` overrides), so that a GPU step does not
+    wait for the host."""
     guard = guard if guard is not None else Resumable(None, {})
     model.train()
-    total_loss, seen = 0.0, 0
+    # the running loss stays on the device (float64: the same sums as Python floats of the
+    # per-step losses) and is read once per epoch; off CPU the NaN guard reads it then too
+    total_loss, seen = torch.zeros((), dtype=torch.float64, device=device), 0
+    check_each_step = device.type == "cpu" if check_each_step is None else bool(check_each_step)
     for mb in batches:
         x = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
         if mb.micro == 0:
@@ -182,15 +199,19 @@ def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torc
             with autocast_for(device, amp):
                 logits = model(x)
                 loss = targets.loss(logits, x, mb)
-            guard.check_finite(loss, desc, f"epoch {epoch + 1}, step {mb.step + 1}")
+            if check_each_step:
+                guard.check_finite(loss, desc, f"epoch {epoch + 1}, step {mb.step + 1}")
             # each share weighted by its size: the update is that of the whole batch's mean loss
             (loss * (len(mb.y) * world / mb.batch_size)).backward()
         if last:
             optimizer.step()
             scheduler.step()
-        total_loss += loss.item() * len(mb.y)
+        total_loss += loss.detach().double() * len(mb.y)
         seen += len(mb.y)
-    total_loss, seen = all_reduce_sum([total_loss, seen], device)
+    total_loss, seen = all_reduce_sum([total_loss.item(), seen], device)
+    if not check_each_step:  # the losses are >= 0: the sum (over processes too) is finite iff every one is
+        guard.check_finite(torch.tensor(total_loss), desc,
+                           f"epoch {epoch + 1} (checked once per epoch on {device.type})")
     return total_loss / max(1, seen)
 
 
@@ -209,8 +230,9 @@ def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: i
 
     recipe keys: epochs, batch_size, accumulate (micro-batches per batch), optimizer
     (sgd|adam|adamw), lr, momentum, weight_decay, warmup_epochs, augment ({} for none),
-    temperature (KD), hard_label_weight (KD + CE mix), amp, channels_last, checkpoint_every
-    (epochs), eval_every (epochs).
+    temperature (KD), hard_label_weight (KD + CE mix), amp, channels_last (student and teacher),
+    compile (torch.compile of student and teacher; amp, channels_last and compile act on CUDA
+    only), checkpoint_every (epochs), eval_every (epochs).
     """
     epochs, batch_size = int(recipe["epochs"]), int(recipe["batch_size"])
     accumulate = int(recipe.get("accumulate", 1))
@@ -219,7 +241,8 @@ def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: i
     if chunks > batch_size:
         raise TeddyError(f"batch_size {batch_size} is smaller than processes x accumulate = {chunks} "
                          f"(recipe keys batch_size, accumulate)")
-    image_size = info.image_size if info is not None else int(train_set.images.shape[-1])
+    image_size = info.image_size if info is not None else int(getattr(train_set, "image_size", 0)
+                                                                or train_set.images.shape[-1])
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
     model.to(device)
     channels_last = bool(recipe.get("channels_last")) and device.type == "cuda"
@@ -249,7 +272,7 @@ def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: i
     data = StudentData(train_set, image_size, device, mean=info.mean if info else None,
                        std=info.std if info else None, num_workers=getattr(train_set, "num_workers", 0),
                        rank=rank, world=world, accumulate=accumulate)
-    net = distributed_wrap(model, device)
+    net = compiled(distributed_wrap(model, device), recipe, device)
 
     bar = tqdm(range(start_epoch, epochs), desc=desc, file=sys.stderr, mininterval=5, disable=rank != 0,
                initial=start_epoch, total=epochs)

@@ -38,6 +38,8 @@ class Machine:
     num_workers: int = 0              # DataLoader workers reading the real data (dataset.num_workers)
     student_workers: int = 0          # ... reading a distilled set too large for memory (evaluate.num_workers)
     in_memory_max_mb: float = 1024.0  # distilled sets up to this size are held in memory (evaluate.in_memory_max_mb)
+    device_memory_fraction: float = 0.25  # ... on the GPU, up to this share of its memory (evaluate.device_memory_fraction)
+    student_compile: bool = False     # torch.compile students and teacher on CUDA (evaluate.recipe.compile)
     normalisation_file: str | None = None
     device: str = "auto"
     gpus_per_job: int = 0
@@ -53,6 +55,8 @@ def machine_from_config(cfg: dict) -> Machine:
     return Machine(dataset_root=str(dataset["root"]), download=bool(dataset["download"]),
                    num_workers=int(dataset["num_workers"]), student_workers=int(ev["num_workers"]),
                    in_memory_max_mb=float(ev["in_memory_max_mb"]),
+                   device_memory_fraction=float(ev["device_memory_fraction"]),
+                   student_compile=bool(ev["recipe"].get("compile", False)),
                    normalisation_file=dataset.get("normalisation_file"), device=str(cfg["device"]),
                    gpus_per_job=int(cfg["gpus_per_job"]), results_dir=str(cfg["results_dir"]),
                    distill_speed=distill_speed(cfg["distill"]))
@@ -62,6 +66,15 @@ def distill_speed(distill: dict) -> dict:
     """Per method: its stack (the method's recipe key, else distill.stack) and compile flag."""
     return {name: {"stack": int(recipe.get("stack", distill["stack"])), "compile": bool(recipe.get("compile", False))}
             for name, recipe in distill["methods"].items()}
+
+
+# student recipe keys that set how fast a run is, not its numbers: they reach the job through the
+# Machine (student_compile), so changing them reruns nothing
+STUDENT_SPEED_KEYS = ("compile",)
+
+
+def student_recipe_settings(recipe: dict) -> dict:
+    return {k: v for k, v in recipe.items() if k not in STUDENT_SPEED_KEYS}
 
 
 def dataset_settings(cfg: dict) -> dict:

@@ -15,7 +15,7 @@ from teddy.io import load_json, save_json
 from teddy.label_store import LabelStore
 from teddy.pool import load_model
 from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, first, images_per_s, memory_mb,
-                                 model_spec, request, shape, student_processes, test_images)
+                                 model_spec, request, shape, student_processes, student_recipe_settings, test_images)
 from teddy.stages.relabel import student_memory_mb, student_recipe, student_set
 from teddy.resume import remove_checkpoint
 from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
@@ -24,7 +24,7 @@ from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
 def settings(cfg: dict, wildcards: dict) -> dict:
     ev = cfg["evaluate"]
     arch = str(wildcards["arch"])
-    return {"dataset": dataset_settings(cfg), "recipe": ev["recipe"], "keep_topk": ev["keep_topk"],
+    return {"dataset": dataset_settings(cfg), "recipe": student_recipe_settings(ev["recipe"]), "keep_topk": ev["keep_topk"],
             "processes": ev["processes"], "gpus_per_job": int(cfg["gpus_per_job"]),
             "model": model_spec(cfg, arch), "method": str(wildcards["method"]), "ipc": int(wildcards["ipc"]),
             "arch": arch, "labels": str(wildcards["labels"]), "seed": int(wildcards["seed"])}
@@ -61,9 +61,9 @@ def student(settings: dict, distilled_meta: str, teacher_path, label_store_meta,
         return load_json(out_json)
     device = init_from_env(device)
     info = dataset_info(dataset_cfg(settings, machine))
-    train_set, meta = student_set(machine, distilled_meta)
+    train_set, meta = student_set(machine, distilled_meta, device)
     teacher = store = None
-    recipe = student_recipe(settings, len(train_set))
+    recipe = student_recipe(settings, len(train_set), machine)
     if labels == "online_kd":
         teacher, _ = load_model(teacher_path, what="teacher (base model)")
     elif labels == "stored":

@@ -4,10 +4,10 @@ every epoch of one student seed's run, one file per epoch beside meta.json (tedd
 from __future__ import annotations
 
 from teddy.data import dataset_info
-from teddy.label_store import write_label_store
+from teddy.label_store import STORE_FORMAT_VERSION, write_label_store
 from teddy.pool import load_model
 from teddy.stages.common import (Machine, dataset_cfg, dataset_settings, images_per_s, memory_mb, request, shape,
-                                 student_processes)
+                                 student_processes, student_recipe_settings)
 from teddy.student_data import load_student_set
 from teddy.train import resolve_device
 
@@ -16,21 +16,26 @@ def settings(cfg: dict, wildcards: dict) -> dict:
     """What a student run's batches are (shared with evaluate: relabel and evaluate must agree on
     the recipe and on the processes, whose chunks draw the CutMix partners), and the teacher."""
     ev = cfg["evaluate"]
-    return {"dataset": dataset_settings(cfg), "recipe": ev["recipe"], "keep_topk": ev["keep_topk"],
-            "processes": ev["processes"], "gpus_per_job": int(cfg["gpus_per_job"]),
+    return {"dataset": dataset_settings(cfg), "recipe": student_recipe_settings(ev["recipe"]),
+            "keep_topk": ev["keep_topk"], "processes": ev["processes"], "gpus_per_job": int(cfg["gpus_per_job"]),
             "teacher": cfg["base"]["arch"], "method": str(wildcards["method"]), "ipc": int(wildcards["ipc"]),
-            "seed": int(wildcards["seed"])}
+            "seed": int(wildcards["seed"]),
+            # a store of an older format is rebuilt, not refused by evaluate
+            "label_store_format": STORE_FORMAT_VERSION}
 
 
-def student_recipe(settings: dict, num_images: int) -> dict:
-    """evaluate.recipe with the batch capped at the distilled set's size (shared by evaluate)."""
-    recipe = dict(settings["recipe"])
+def student_recipe(settings: dict, num_images: int, machine: Machine) -> dict:
+    """evaluate.recipe with the batch capped at the distilled set's size and the Machine's speed
+    keys (shared by evaluate)."""
+    recipe = {**settings["recipe"], "compile": machine.student_compile}
     recipe["batch_size"] = min(int(recipe["batch_size"]), num_images)
     return recipe
 
 
-def student_set(machine: Machine, distilled_meta):
-    return load_student_set(distilled_meta, machine.in_memory_max_mb, machine.student_workers)
+def student_set(machine: Machine, distilled_meta, device):
+    """The distilled set, placed on the device, in host memory or streamed (student_data)."""
+    return load_student_set(distilled_meta, machine.in_memory_max_mb, machine.student_workers, device=device,
+                            device_memory_fraction=machine.device_memory_fraction)
 
 
 def student_memory_mb(settings: dict, machine: Machine) -> float:
@@ -62,10 +67,10 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     """inputs.distilled (the set's meta.json), inputs.teacher; outputs[0] the store's meta.json."""
     device = resolve_device(machine.device)
-    train_set, meta = student_set(machine, inputs.distilled)
+    train_set, meta = student_set(machine, inputs.distilled, device)
     info = dataset_info(dataset_cfg(settings, machine))
     teacher, _ = load_model(inputs.teacher, what="teacher (base model)")
-    recipe = student_recipe(settings, len(train_set))
+    recipe = student_recipe(settings, len(train_set), machine)
     chunks = student_processes(settings, device) * int(settings["recipe"]["accumulate"])
     return write_label_store(outputs[0], train_set, teacher, recipe, settings["seed"], device,
                              set_hash=meta["set_hash"], num_classes=info.num_classes, image_size=info.image_size,
