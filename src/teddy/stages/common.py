@@ -56,7 +56,7 @@ def machine_from_config(cfg: dict) -> Machine:
                    num_workers=int(dataset["num_workers"]), student_workers=int(ev["num_workers"]),
                    in_memory_max_mb=float(ev["in_memory_max_mb"]),
                    device_memory_fraction=float(ev["device_memory_fraction"]),
-                   student_compile=bool(ev["recipe"].get("compile", False)),
+                   student_compile=bool((ev.get("recipe") or {}).get("compile", False)),
                    normalisation_file=dataset.get("normalisation_file"), device=str(cfg["device"]),
                    gpus_per_job=int(cfg["gpus_per_job"]), results_dir=str(cfg["results_dir"]),
                    distill_speed=distill_speed(cfg["distill"]))
@@ -64,8 +64,9 @@ def machine_from_config(cfg: dict) -> Machine:
 
 def distill_speed(distill: dict) -> dict:
     """Per method: its stack (the method's recipe key, else distill.stack) and compile flag."""
+    # partial configs (a stage run on its own, in tests and benchmarks) may have no methods
     return {name: {"stack": int(recipe.get("stack", distill["stack"])), "compile": bool(recipe.get("compile", False))}
-            for name, recipe in distill["methods"].items()}
+            for name, recipe in (distill.get("methods") or {}).items()}
 
 
 # student recipe keys that set how fast a run is, not its numbers: they reach the job through the
