@@ -246,3 +246,11 @@ def test_a_schema_error_is_one_line_naming_the_key(tmp_path):
     with pytest.raises(TeddyError, match=r"config key evaluate\.recipe\.epochs") as err:
         load_config(cfg)
     assert "\n" not in str(err.value)
+
+
+def test_the_benchmarks_student_recipe_caps_the_batch_and_keeps_the_speed_keys():
+    from teddy.stages import student_recipe
+
+    recipe = {"epochs": 2, "batch_size": 256, "lr": 0.1, "compile": True}
+    capped = student_recipe({"evaluate": {"recipe": recipe}}, 100)
+    assert capped == {**recipe, "batch_size": 100}

@@ -50,7 +50,8 @@ def student_recipe(cfg: dict, num_images: int) -> dict:
     (benchmarks)."""
     from teddy.stages.relabel import student_recipe as capped
 
-    return capped({"recipe": cfg["evaluate"]["recipe"]}, num_images)
+    recipe = cfg["evaluate"]["recipe"]
+    return capped({"recipe": recipe}, num_images, Machine(student_compile=bool(recipe.get("compile", False))))
 
 
 __all__ = ["STAGES", "Files", "Machine", "build", "machine_from_config", "run_stage", "stage", "student_recipe"]
