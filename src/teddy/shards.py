@@ -67,17 +67,22 @@ def shard_ranges(batches: int, batches_per_shard: int | None) -> list[range]:
     return [range(first, min(batches, first + size)) for first in range(0, batches, size)]
 
 
-def method_shards(cfg: dict, method_name: str, ipc: int, classes: int) -> list[range]:
-    """The shards (ranges of batch indices) of one (method, IPC) of the config, for a dataset of
+def recipe_shards(recipe: dict, ipc: int, classes: int, batches_per_shard) -> list[range]:
+    """The shards (ranges of batch indices) of one method recipe at one IPC, for a dataset of
     `classes` classes. A set-level method (teddy.methods.per_batch false: herding, whole-set
     selections) is one shard holding the whole set, written as one "batch" 0."""
     from teddy.methods import full_recipe, per_batch
 
-    recipe = full_recipe(cfg["distill"]["methods"][method_name])
+    recipe = full_recipe(recipe)
     if not per_batch(recipe["method"]):
         return [range(1)]
     n = num_batches(int(classes), int(ipc), int(recipe["batch_size"]))  # every per-batch method defaults it
-    return shard_ranges(n, cfg["distill"].get("batches_per_shard"))
+    return shard_ranges(n, batches_per_shard)
+
+
+def method_shards(cfg: dict, method_name: str, ipc: int, classes: int) -> list[range]:
+    """recipe_shards of one (method, IPC) of the config."""
+    return recipe_shards(cfg["distill"]["methods"][method_name], ipc, classes, cfg["distill"].get("batches_per_shard"))
 
 
 def shard_count(cfg: dict, method_name: str, ipc: int) -> int:

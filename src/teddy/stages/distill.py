@@ -18,7 +18,7 @@ from teddy.methods import DistillTask, full_recipe, get_method, per_batch
 from teddy.methods.base import SyntheticBatch
 from teddy.pool import FreshModelPool, load_pool
 from teddy.shard_store import ShardWriter
-from teddy.shards import num_batches, shard_ranges
+from teddy.shards import recipe_shards
 from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, images_per_s, model_spec, request,
                                  shape)
 from teddy.stages.pool_member import finetune_recipe
@@ -49,15 +49,6 @@ def settings(cfg: dict, wildcards: dict) -> dict:
     if pool is not None and pool["generator"] == "fresh":  # the fresh models' steps follow this recipe
         out["finetune"] = finetune_recipe(pool, cfg["base"]["recipe"])
     return out
-
-
-def shards(recipe: dict, ipc: int, classes: int, batches_per_shard) -> list[range]:
-    """The shards (ranges of batch indices) of one (method, IPC). A set-level method (herding,
-    whole-set selections) is one shard holding the whole set, written as one "batch" 0."""
-    full = full_recipe(recipe)
-    if not per_batch(full["method"]):
-        return [range(1)]
-    return shard_ranges(num_batches(int(classes), int(ipc), int(full.get("batch_size", 100))), batches_per_shard)
 
 
 def job_images(settings: dict, classes: int) -> tuple[int, int]:
@@ -103,7 +94,7 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     recipe = settings["recipe"]
     data = dataset_cfg(settings, machine)
     info = dataset_info(data)
-    ranges = shards(recipe, ipc, info.num_classes, settings["batches_per_shard"])
+    ranges = recipe_shards(recipe, ipc, info.num_classes, settings["batches_per_shard"])
     if not 0 <= shard < len(ranges):
         raise TeddyError(f"shard {shard} is beyond the set: {method_name} at IPC {ipc} has {len(ranges)} shard(s) "
                          f"(config key distill.batches_per_shard)")

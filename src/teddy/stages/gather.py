@@ -8,7 +8,8 @@ from pathlib import Path
 from teddy.data import dataset_info
 from teddy.shard_store import gather as gather_shards
 from teddy.stages.common import SAFETY, Machine, dataset_cfg, dataset_settings, request, shape
-from teddy.stages.distill import method_recipe, shards
+from teddy.shards import recipe_shards
+from teddy.stages.distill import method_recipe
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -26,8 +27,8 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     """inputs.shards (each shard's done.json); outputs.meta, outputs.grid, outputs.log_json."""
     info = dataset_info(dataset_cfg(settings, machine))
-    batches = sum(len(r) for r in shards(settings["recipe"], settings["ipc"], info.num_classes,
-                                         settings["batches_per_shard"]))
+    batches = sum(len(r) for r in recipe_shards(settings["recipe"], settings["ipc"], info.num_classes,
+                                                settings["batches_per_shard"]))
     return gather_shards([Path(p).parent for p in inputs.shards], Path(outputs.meta).parent, outputs.grid,
                          outputs.log_json, method=settings["method"], ipc=settings["ipc"], num_batches=batches,
                          info=info)
