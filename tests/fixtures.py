@@ -36,10 +36,33 @@ def tiny_config(data_root: Path) -> dict:
     cfg["distill"]["methods"]["teddy"].update(iterations=6, batch_size=20)
     cfg["evaluate"]["students"] = ["convnet", "resnet10_w16"]
     cfg["evaluate"]["seeds"] = [0, 1]
-    cfg["evaluate"]["recipe"]["epochs"] = 3
-    # the ceiling rows: each student on the whole (tiny) training set
-    cfg["ceiling"] = {"seeds": [0], "recipe": {**cfg["evaluate"]["recipe"], "epochs": 1, "batch_size": 64}}
+    cfg["protocols_dir"] = str(tiny_protocols(Path(data_root).parent / "protocols"))
+    # the ceiling rows: each student on the whole (tiny) training set, one epoch
+    cfg["ceiling"] = {"seeds": [0], "epochs": 1}
     return cfg
+
+
+def tiny_protocols(folder: Path, epochs: int = 3) -> Path:
+    """The repository's protocols (config/protocols/) at `epochs` epochs (milestones scaled),
+    written to `folder`: what tiny_config evaluates with."""
+    from teddy.protocols import whole_set_recipe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted((REPO / "config" / "protocols").glob("*.yaml")):
+        protocol = yaml.safe_load(path.read_text())
+        protocol["recipe"] = whole_set_recipe(protocol, epochs)
+        (folder / path.name).write_text(yaml.safe_dump(protocol, sort_keys=False))
+    return folder
+
+
+def set_protocol(cfg: dict, name: str | None = None, **recipe) -> dict:
+    """Change the recipe of protocol `name` (default the config's first) in cfg's protocols_dir."""
+    name = name or cfg["evaluate"]["protocols"][0]
+    path = Path(cfg["protocols_dir"]) / f"{name}.yaml"
+    protocol = yaml.safe_load(path.read_text())
+    protocol["recipe"].update(recipe)
+    path.write_text(yaml.safe_dump(protocol, sort_keys=False))
+    return protocol
 
 
 def write_workdir(tmp_path: Path, cfg: dict) -> Path:

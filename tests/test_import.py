@@ -10,7 +10,7 @@ from PIL import Image
 
 from teddy.stages import Files, run_stage
 from teddy.errors import TeddyError
-from fixtures import tiny_config
+from fixtures import set_protocol, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +29,8 @@ def _cfg(tmp_path, fmnist_root, peer):
     cfg = tiny_config(fmnist_root)
     cfg["results_dir"] = str(tmp_path / "results")
     cfg["distill"]["methods"] = {"peer": {"method": "import", "path": str(peer)}}
-    cfg["evaluate"]["recipe"]["epochs"] = 2
+    cfg["evaluate"]["protocols"] = ["teddy_small_hard"]
+    set_protocol(cfg, epochs=2)
     return cfg
 
 
@@ -43,7 +44,8 @@ def _distill(cfg, tmp_path, ipc=2):
 
 
 def _evaluate(cfg, set_dir, out):
-    return run_stage("evaluate", cfg, {"method": "peer", "ipc": 2, "arch": "convnet", "seed": 0, "labels": "hard"},
+    return run_stage("evaluate", cfg, {"method": "peer", "ipc": 2, "arch": "convnet", "seed": 0,
+                                         "protocol": "teddy_small_hard"},
                      Files(distilled=set_dir / "meta.json"), Files(out))
 
 
@@ -52,7 +54,7 @@ def test_an_import_entry_is_evaluated_like_our_sets(tmp_path, fmnist_root):
     set_dir = _distill(cfg, tmp_path)
     meta = json.loads((set_dir / "meta.json").read_text())
     assert meta["counts"] == [2] * 10 and meta["image_size"] == 28 and meta["method"] == "peer"
-    out = tmp_path / "results/eval/peer/ipc2/convnet/hard/seed0.json"
+    out = tmp_path / "results/eval/peer/ipc2/convnet/teddy_small_hard/seed0.json"
     result = _evaluate(cfg, set_dir, out)
     assert json.loads(out.read_text()) == result and 0 <= result["test_accuracy"] <= 1
     assert result["labels"] == "hard"
@@ -80,8 +82,8 @@ def test_evaluate_with_two_processes_launches_torchrun(tmp_path, fmnist_root):
     cfg = _cfg(tmp_path, fmnist_root, write_peer_set(tmp_path / "peer"))
     set_dir = _distill(cfg, tmp_path)
     cfg["evaluate"]["processes"] = 2  # gloo on CPU; gpus_per_job > 1 does the same with NCCL
-    cfg["evaluate"]["recipe"]["batch_size"] = 8
-    out = tmp_path / "results/eval/peer/ipc2/convnet/hard/seed0.json"
+    set_protocol(cfg, batch_size=8)
+    out = tmp_path / "results/eval/peer/ipc2/convnet/teddy_small_hard/seed0.json"
     result = _evaluate(cfg, set_dir, out)
     assert result["processes"] == 2 and 0 <= result["test_accuracy"] <= 1
     assert json.loads(out.read_text()) == result

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures import REPO, snakemake, tiny_config, write_fashion_mnist, write_workdir
+from fixtures import REPO, set_protocol, snakemake, tiny_config, write_fashion_mnist, write_workdir
 from teddy.config import load_config
 from teddy.stages import STAGES, stage
 
@@ -127,7 +127,7 @@ def test_evaluate_processes_rerun_evaluate_and_a_moved_dataset_reruns_nothing(tm
     cfg = tiny_config(data)
     cfg["base"]["recipe"]["epochs"] = 2
     cfg["evaluate"].update(students=["convnet"], seeds=[0])
-    cfg["evaluate"]["recipe"]["epochs"] = 1
+    set_protocol(cfg, epochs=1)
     cfg["distill"].update(ipc=[2], batches_per_shard=1)
     cfg["distill"]["methods"]["teddy"].update(iterations=2, batch_size=10)
     cfg.pop("ceiling")

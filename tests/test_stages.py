@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import tiny_config, write_class_folders, write_fashion_mnist
+from fixtures import set_protocol, tiny_config, write_class_folders, write_fashion_mnist
 from teddy.config import load_config
 from teddy.errors import TeddyError
 from teddy.stages import STAGES, Files, machine_from_config, stage
 
-WILDCARDS = {"method": "teddy", "ipc": 2, "shard": 0, "arch": "convnet", "labels": "online_kd", "seed": 0,
+WILDCARDS = {"method": "teddy", "ipc": 2, "shard": 0, "arch": "convnet", "protocol": "teddy_small_kd", "seed": 0,
              "pool": "prior", "member": "epoch1"}
 
 
@@ -22,8 +22,9 @@ def small_config(data: Path, results: Path) -> dict:
     cfg["results_dir"] = str(results)
     cfg["base"]["recipe"]["epochs"] = 2
     cfg["distill"]["methods"]["teddy"].update(iterations=3, batch_size=20)
-    cfg["evaluate"]["recipe"]["epochs"] = 2
-    cfg["evaluate"]["labels"] = ["online_kd", "stored", "hard"]
+    cfg["evaluate"]["protocols"] = ["teddy_small_kd", "teddy_small_hard"]
+    for name in cfg["evaluate"]["protocols"]:
+        set_protocol(cfg, name, epochs=2)
     return load_config(cfg)
 
 
@@ -34,11 +35,13 @@ def pipeline(tmp_path_factory):
     data = write_fashion_mnist(tmp / "data", n_train=120, n_test=20)
     R = tmp / "results"
     cfg = small_config(data, R)
+    stored = copy.deepcopy(cfg)
+    stored["evaluate"]["teacher_outputs"] = "stored"
     machine = machine_from_config(cfg)
 
-    def go(name, inputs, outputs, **wildcards):
+    def go(name, inputs, outputs, config=cfg, **wildcards):
         mod = stage(name)
-        settings = mod.settings(cfg, wildcards)
+        settings = mod.settings(config, wildcards)
         json.dumps(settings)  # plain data: a Snakemake param, recorded
         return mod.run(settings, inputs, outputs, machine)
 
@@ -60,21 +63,22 @@ def pipeline(tmp_path_factory):
         sets[method] = set_dir
     evals = []
     for method, set_dir in sets.items():
-        store = set_dir / "soft_labels/seed0/meta.json"
+        store = set_dir / "soft_labels/teddy_small_kd/seed0/meta.json"
         go("relabel", Files(distilled=set_dir / "meta.json", teacher=base / "model.pt"), Files(store),
-           method=method, ipc=2, seed=0)
-        for labels in ("online_kd", "stored", "hard"):
-            out = R / f"eval/{method}/ipc2/convnet/{labels}/seed0.json"
-            go("evaluate", Files(distilled=set_dir / "meta.json",
-                                 teacher=[base / "model.pt"] if labels == "online_kd" else [],
-                                 soft_labels=[store] if labels == "stored" else []), Files(out),
-               method=method, ipc=2, arch="convnet", labels=labels, seed=0)
+           method=method, ipc=2, protocol="teddy_small_kd", seed=0)
+        # the kd protocol with online and with stored teacher outputs (one config each), and the hard one
+        for protocol, config, teacher, labels in (("teddy_small_kd", cfg, [base / "model.pt"], []),
+                                                  ("teddy_small_kd", stored, [], [store]),
+                                                  ("teddy_small_hard", cfg, [], [])):
+            out = R / f"eval/{method}/ipc2/convnet/{protocol}/seed0{'_stored' if labels else ''}.json"
+            go("evaluate", Files(distilled=set_dir / "meta.json", teacher=teacher, soft_labels=labels), Files(out),
+               config=config, method=method, ipc=2, arch="convnet", protocol=protocol, seed=0)
             evals.append(out)
     ceilings = []
-    for labels in ("hard", "online_kd"):
-        out = R / f"ceiling/convnet/{labels}/seed0.json"
-        go("ceiling", Files(teacher=[base / "model.pt"] if labels == "online_kd" else []), Files(out),
-           arch="convnet", labels=labels, seed=0)
+    for protocol in ("teddy_small_hard", "teddy_small_kd"):
+        out = R / f"ceiling/convnet/{protocol}/seed0.json"
+        go("ceiling", Files(teacher=[base / "model.pt"] if protocol == "teddy_small_kd" else []), Files(out),
+           arch="convnet", protocol=protocol, seed=0)
         ceilings.append(out)
     return {"cfg": cfg, "machine": machine, "R": R, "data": data, "evals": evals, "ceilings": ceilings,
             "members": members}
@@ -94,10 +98,11 @@ def test_every_stage_runs_from_its_settings_alone(pipeline, tmp_path):
     cfg["distill"]["ipc"] = [2]
     cfg["ceiling"]["seeds"] = [0]
     mod = stage("aggregate")
-    protocols = ["online_kd", "stored", "hard"]
+    protocols = cfg["evaluate"]["protocols"]
     out = Files(csv=tmp_path / "a.csv", md=tmp_path / "a.md", tex=tmp_path / "a.tex", html=tmp_path / "a.html",
                 efficiency=tmp_path / "e.csv", plots=[tmp_path / f"{p}.png" for p in protocols])
-    table = mod.run(mod.settings(cfg, {}), Files(evals=pipeline["evals"], ceilings=pipeline["ceilings"]), out,
+    evals = [e for e in pipeline["evals"] if not e.name.endswith("_stored.json")]
+    table = mod.run(mod.settings(cfg, {}), Files(evals=evals, ceilings=pipeline["ceilings"]), out,
                     pipeline["machine"])
     assert set(table["method"]) >= {"teddy", "random"} and (tmp_path / "a.md").is_file()
 
@@ -181,7 +186,7 @@ def test_distill_and_evaluate_write_the_same_from_a_poisoned_config(pipeline, tm
     dist = stage("distill")
     wc = {"method": "teddy", "ipc": 2, "shard": 0}
     bad, _ = poisoned(cfg, dist, wc)
-    assert isinstance(bad["evaluate"]["recipe"]["lr"], Poison) and isinstance(bad["dataset"]["root"], Poison)
+    assert isinstance(bad["evaluate"]["teacher_outputs"], Poison) and isinstance(bad["dataset"]["root"], Poison)
     done = tmp_path / "shard/done.json"
     dist.run(dist.settings(bad, wc), Files(pool=pipeline["members"]), Files(done=done), machine)
     before, after = _files(R / "distilled/teddy/ipc2/shards/0"), _files(done.parent)
@@ -189,13 +194,13 @@ def test_distill_and_evaluate_write_the_same_from_a_poisoned_config(pipeline, tm
     assert strip(after) == strip(before) and strip(after)
 
     ev = stage("evaluate")
-    wc = {"method": "teddy", "ipc": 2, "arch": "convnet", "labels": "online_kd", "seed": 0}
+    wc = {"method": "teddy", "ipc": 2, "arch": "convnet", "protocol": "teddy_small_kd", "seed": 0}
     bad, _ = poisoned(cfg, ev, wc)
     assert isinstance(bad["distill"]["methods"]["teddy"]["lr"], Poison)
     out = tmp_path / "eval.json"
     ev.run(ev.settings(bad, wc), Files(distilled=R / "distilled/teddy/ipc2/meta.json",
                                        teacher=[R / "base/convnet/model.pt"]), Files(out), machine)
-    want = json.loads((R / "eval/teddy/ipc2/convnet/online_kd/seed0.json").read_text())
+    want = json.loads((R / "eval/teddy/ipc2/convnet/teddy_small_kd/seed0.json").read_text())
     got = json.loads(out.read_text())
     assert got["test_accuracy"] == want["test_accuracy"] and got["processes"] == want["processes"] == 1
 
@@ -220,7 +225,7 @@ def _demo(tmp_path):
 
 @pytest.mark.parametrize("path, value", [
     (("distill", "methods", "teddy", "lr"), float("nan")),
-    (("evaluate", "recipe", "lr"), float("inf")),
+    (("ceiling", "epochs"), float("inf")),
     (("base", "recipe", "augment", "crop_scale"), [0.5, float("nan")]),
 ])
 def test_non_finite_numbers_are_refused_naming_the_key(tmp_path, path, value):
@@ -234,7 +239,7 @@ def test_non_finite_numbers_are_refused_naming_the_key(tmp_path, path, value):
 def test_the_loader_fills_in_the_schema_defaults_once(tmp_path):
     cfg = load_config(_demo(tmp_path))
     assert cfg["evaluate"]["processes"] is None and cfg["evaluate"]["keep_topk"] is None
-    assert cfg["evaluate"]["recipe"]["accumulate"] == 1 and cfg["distill"]["batches_per_shard"] is None
+    assert cfg["evaluate"]["teacher_outputs"] == "online" and cfg["distill"]["batches_per_shard"] is None
     assert cfg["evaluate"]["num_workers"] == cfg["dataset"]["num_workers"] == 0
     assert cfg["dataset"]["normalisation_file"].endswith("data/normalisation.json")
     assert load_config(copy.deepcopy(cfg)) == cfg  # loading twice changes nothing
@@ -242,15 +247,15 @@ def test_the_loader_fills_in_the_schema_defaults_once(tmp_path):
 
 def test_a_schema_error_is_one_line_naming_the_key(tmp_path):
     cfg = _demo(tmp_path)
-    cfg["evaluate"]["recipe"]["epochs"] = 0
-    with pytest.raises(TeddyError, match=r"config key evaluate\.recipe\.epochs") as err:
+    cfg["base"]["recipe"]["epochs"] = 0
+    with pytest.raises(TeddyError, match=r"config key base\.recipe\.epochs") as err:
         load_config(cfg)
     assert "\n" not in str(err.value)
 
 
 def test_the_benchmarks_student_recipe_caps_the_batch_and_keeps_the_speed_keys():
+    from teddy.protocols import load_protocol
     from teddy.stages import student_recipe
 
-    recipe = {"epochs": 2, "batch_size": 256, "lr": 0.1, "compile": True}
-    capped = student_recipe({"evaluate": {"recipe": recipe}}, 100)
-    assert capped == {**recipe, "batch_size": 100}
+    capped = student_recipe({"evaluate": {"protocols": ["teddy_small_kd"], "compile": True}}, 100)
+    assert capped == {**load_protocol("teddy_small_kd")["recipe"], "batch_size": 100, "compile": True}

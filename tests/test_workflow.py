@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from torchvision.datasets import ImageFolder
 
-from fixtures import snakemake, tiny_config, write_class_folders, write_fashion_mnist, write_workdir
+from fixtures import set_protocol, snakemake, tiny_config, write_class_folders, write_fashion_mnist, write_workdir
 from teddy.distilled_set import load_set_tensors
 
 
@@ -95,7 +95,7 @@ def test_outputs_honour_umask_022(tmp_path):
     cfg = tiny_config(data)
     cfg["distill"]["ipc"] = [1]
     cfg["evaluate"]["students"], cfg["evaluate"]["seeds"] = ["convnet"], [0]
-    cfg["evaluate"]["recipe"]["epochs"] = 1
+    set_protocol(cfg, epochs=1)
     work = write_workdir(tmp_path / "work", cfg)
     proc = snakemake(work, "--cores", "2", umask=0o022)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -17,6 +17,7 @@ from teddy.image_folder import check_tree, is_folder_dataset, setting
 from teddy.methods import METHODS, rded
 from teddy.models import MODELS, check_image_size
 from teddy.pool import member_names
+from teddy.protocols import check_protocols
 from teddy.stages.common import data_shape
 
 
@@ -50,7 +51,11 @@ def check_config(cfg: dict) -> None:
         if arch not in MODELS:
             raise TeddyError(f"unknown architecture '{arch}' (config keys base.arch / evaluate.students); "
                              f"registered: {sorted(MODELS)}")
-        check_image_size(arch, image_size, **(cfg.get("arch_options") or {}).get(arch, {}))
+    check_image_size(cfg["base"]["arch"], image_size, **(cfg.get("arch_options") or {}).get(cfg["base"]["arch"], {}))
+    check_protocols(cfg, image_size)
+    for ipc in cfg["evaluate"]["seeds_at_ipc"]:
+        if int(ipc) not in [int(i) for i in cfg["distill"]["ipc"]]:
+            raise TeddyError(f"evaluate.seeds_at_ipc names IPC {ipc}, which is not in distill.ipc")
     for name, pool in cfg.get("pools", {}).items():
         member_names(pool)
     for ipc in cfg["distill"]["ipc"]:

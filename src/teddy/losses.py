@@ -109,8 +109,11 @@ def gradient_distance(synthetic_grads, real_grads) -> torch.Tensor:
     return total
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher/T || student/T) * T^2 (Hinton et al.), batch-mean."""
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+            t_squared: bool = True) -> torch.Tensor:
+    """KL(teacher/T || student/T), batch-mean, times T^2 (Hinton et al.) unless `t_squared` is
+    false (SRe2L's ImageNet and RDED's students)."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                  reduction="batchmean", log_target=True)
+    return kl * (t * t) if t_squared else kl

@@ -53,18 +53,28 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
 
 class ConvNet(nn.Module):
     """The ConvNet-D of the classic distillation tables: D x [conv3x3(width), norm, ReLU, avgpool2],
-    then a linear classifier. BatchNorm by default so BN-statistics matching applies."""
+    then a linear classifier. BatchNorm by default so BN-statistics matching applies; `instance`
+    is the DC benchmark's instance norm, GroupNorm(width, width) with affine weights: each image
+    normalised on its own, so a student's output never depends on the rest of its batch.
+    `mnist_padding`: the first conv pads a 1-channel input by 3, so 28 px is treated as 32 (the
+    DC benchmark's networks.py ConvNet: classifier 128 x 4 x 4 at depth 3)."""
+
+    NORMS = ("batch", "instance", "none")
 
     def __init__(self, num_classes: int, in_channels: int, image_size: int, depth: int = 3, width: int = 128,
-                 norm: str = "batch"):
+                 norm: str = "batch", mnist_padding: bool = False):
         super().__init__()
-        layers, channels, size = [], in_channels, image_size
-        for _ in range(depth):
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=norm != "batch")]
+        if norm not in self.NORMS:
+            raise TeddyError(f"convnet norm must be one of {list(self.NORMS)}, got '{norm}'")
+        layers, channels = [], in_channels
+        size = image_size + (4 if mnist_padding and in_channels == 1 else 0)
+        for d in range(depth):
+            padding = 3 if (d == 0 and mnist_padding and in_channels == 1) else 1
+            layers += [nn.Conv2d(channels, width, 3, padding=padding, bias=norm != "batch")]
             if norm == "batch":
                 layers.append(nn.BatchNorm2d(width))
-            elif norm != "none":
-                raise TeddyError(f"convnet norm must be 'batch' or 'none', got '{norm}'")
+            elif norm == "instance":
+                layers.append(nn.GroupNorm(width, width, affine=True))
             layers += [nn.ReLU(inplace=True), nn.AvgPool2d(2)]
             channels, size = width, size // 2
         self.features = nn.Sequential(*layers)
@@ -75,8 +85,9 @@ class ConvNet(nn.Module):
 
 
 @register("convnet", min_image_size=lambda depth=3, **_: 2 ** int(depth))  # one 2x pooling per layer
-def convnet(num_classes, in_channels, image_size, depth=3, width=128, norm="batch"):
-    return ConvNet(num_classes, in_channels, image_size, depth=depth, width=width, norm=norm)
+def convnet(num_classes, in_channels, image_size, depth=3, width=128, norm="batch", mnist_padding=False):
+    return ConvNet(num_classes, in_channels, image_size, depth=depth, width=width, norm=norm,
+                   mnist_padding=mnist_padding)
 
 
 def _small_input_stem(model: nn.Module, in_channels: int, width: int) -> nn.Module:

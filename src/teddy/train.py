@@ -46,8 +46,14 @@ def autocast_for(device: torch.device, amp: bool):
 
 
 def make_optimizer(params, recipe: dict) -> torch.optim.Optimizer:
+    """The recipe's optimiser; `weight_decay_skip_1d` exempts biases and norm weights (every
+    parameter of one dimension or none) from weight decay, as SRe2L's student does."""
     name = recipe.get("optimizer", "sgd")
     lr, wd = float(recipe["lr"]), float(recipe.get("weight_decay", 0.0))
+    params = list(params)
+    if recipe.get("weight_decay_skip_1d") and params and isinstance(params[0], torch.Tensor):
+        params = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=float(recipe.get("momentum", 0.9)), weight_decay=wd,
                                nesterov=bool(recipe.get("nesterov", False)))
@@ -59,12 +65,52 @@ def make_optimizer(params, recipe: dict) -> torch.optim.Optimizer:
 
 
 def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int = 0):
+    return lr_schedule(optimizer, {"epochs": total_steps, "warmup_epochs": warmup_steps}, 1)
+
+
+SCHEDULES = ("cosine", "half_cosine", "step", "constant")
+
+
+def lr_factor(recipe: dict, steps_per_epoch: int):
+    """The lr multiplier as a function of the optimiser step, from the recipe's `schedule`:
+    cosine (to 0, default), half_cosine (the first half of a cosine: ends at 0.5 x lr, RDED),
+    step (x `gamma` after each epoch in `milestones`, DC), constant; after `warmup_epochs` of
+    linear warm-up (from `warmup_start_factor` x lr when given). `schedule_unit: epoch` moves
+    the factor once per epoch, as SRe2L's and RDED's schedulers do; `step` (default) every step."""
+    kind = recipe.get("schedule", "cosine")
+    if kind not in SCHEDULES:
+        raise TeddyError(f"unknown schedule '{kind}' (recipe key schedule; known: {', '.join(SCHEDULES)})")
+    per_epoch = recipe.get("schedule_unit", "step") == "epoch"
+    unit = steps_per_epoch if per_epoch else 1
+    total = int(recipe["epochs"]) * steps_per_epoch // unit
+    warmup = int(recipe.get("warmup_epochs", 0)) * steps_per_epoch // unit
+    start = recipe.get("warmup_start_factor")
+    milestones = [int(m) * steps_per_epoch for m in recipe.get("milestones") or []]
+    gamma = float(recipe.get("gamma", 0.1))
+
     def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        if kind == "step":  # milestones count optimiser steps, whatever the unit
+            return gamma ** sum(step >= m for m in milestones)
+        position = step // unit
+        if position < warmup:
+            if start is None:
+                return (position + 1) / warmup
+            return float(start) + (1.0 - float(start)) * position / warmup
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (position - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress * (0.5 if kind == "half_cosine" else 1.0)))
+    return factor
+
+
+def lr_schedule(optimizer, recipe: dict, steps_per_epoch: int):
+    """A LambdaLR stepped once per optimiser step (teddy.train.lr_factor)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(recipe, steps_per_epoch))
+
+
+def reset_momentum_at(recipe: dict) -> set[int]:
+    """Epochs after which the optimiser state is dropped: DC builds a fresh SGD at each lr step."""
+    return {int(m) for m in recipe.get("milestones") or []} if recipe.get("reset_momentum") else set()
 
 
 @torch.no_grad()
@@ -96,11 +142,12 @@ class Targets:
     method the loop calls, for one micro-batch."""
 
     kd = False
-    hard_weight, temperature, device = 1.0, 4.0, None  # until `configure`
+    hard_weight, temperature, t_squared, device = 1.0, 4.0, True, None  # until `configure`
 
     def configure(self, recipe: dict, device: torch.device) -> "Targets":
         self.device = device
         self.temperature = float(recipe.get("temperature", 4.0))
+        self.t_squared = bool(recipe.get("kd_t_squared", True))
         self.hard_weight = float(recipe.get("hard_label_weight", 0.0 if self.kd else 1.0))
         return self
 
@@ -117,7 +164,7 @@ class Targets:
         loss = self.hard_weight * mixed_cross_entropy(logits, mb.y, mb) if self.hard_weight else 0.0
         teacher_logits = self.soft_logits(x, mb)
         if teacher_logits is not None:
-            loss = loss + kd_loss(logits.float(), teacher_logits.float(), self.temperature)
+            loss = loss + kd_loss(logits.float(), teacher_logits.float(), self.temperature, self.t_squared)
         return loss
 
 
@@ -249,8 +296,8 @@ def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: i
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), recipe)
-    scheduler = cosine_with_warmup(optimizer, epochs * steps_per_epoch,
-                                   int(recipe.get("warmup_epochs", 0)) * steps_per_epoch)
+    scheduler = lr_schedule(optimizer, recipe, steps_per_epoch)
+    fresh_optimizer_after = reset_momentum_at(recipe)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     aug_cfg = recipe.get("augment") or {}
@@ -282,6 +329,8 @@ def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: i
         loss = train_one_epoch(net, data.epoch(plan), targets, optimizer, scheduler, device=device,
                                accumulate=accumulate, world=world, channels_last=channels_last, amp=amp,
                                guard=checkpoint, desc=desc, epoch=epoch)
+        if epoch + 1 in fresh_optimizer_after:
+            optimizer.state.clear()  # momentum buffers gone, as with DC's new optimiser
         metrics = {"epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0]}
         if eval_set is not None and eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             metrics["eval_accuracy"] = evaluate_accuracy(model, eval_set, device, amp=amp)

@@ -13,9 +13,9 @@ rule aggregate:
         tex=f"{R}/tables/accuracy.tex",
         html=report(f"{R}/tables/accuracy.html", caption="../report/accuracy_table.rst", category="Tables"),
         efficiency=report(f"{R}/tables/efficiency.csv", caption="../report/efficiency.rst", category="Tables"),
-        plots=[report(f"{R}/plots/accuracy_vs_ipc_{labels}.png", caption="../report/accuracy_plot.rst",
-                      category="Plots", labels={"plot": "accuracy vs IPC", "labels": labels})
-               for labels in LABEL_PROTOCOLS],
+        plots=[report(f"{R}/plots/accuracy_vs_ipc_{protocol}.png", caption="../report/accuracy_plot.rst",
+                      category="Plots", labels={"plot": "accuracy vs IPC", "protocol": protocol})
+               for protocol in PROTOCOLS],
     params:
         **stage_params("aggregate"),
     log:

@@ -8,8 +8,8 @@ from teddy.config import load_config
 from teddy.errors import TeddyError
 from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
+from teddy.protocols import cells, config_protocols
 from teddy.published import published_files
-from teddy.report import ceiling_protocols, label_protocols
 from teddy.shards import shard_count
 from teddy.stages import machine_from_config, stage
 
@@ -31,12 +31,15 @@ METHOD_NAMES = list(config["distill"]["methods"])
 IPCS = [int(i) for i in config["distill"]["ipc"]]
 STUDENTS = list(config["evaluate"]["students"])
 SEEDS = [int(s) for s in config["evaluate"]["seeds"]]
-LABEL_PROTOCOLS = label_protocols(config)
+PROTOCOLS = config_protocols(config)
+# (student, protocol) pairs: each student under each protocol that evaluates it
+CELLS = cells(config)
+SEEDS_AT_IPC = {int(k): [int(s) for s in v] for k, v in config["evaluate"]["seeds_at_ipc"].items()}
 CEILING_SEEDS = [int(s) for s in (config.get("ceiling") or {}).get("seeds", [])]
-CEILING_JSONS = expand(f"{R}/ceiling/{{arch}}/{{labels}}/seed{{seed}}.json", arch=STUDENTS,
-                       labels=ceiling_protocols(config), seed=CEILING_SEEDS)
-EVAL_JSONS = expand(f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.json", method=METHOD_NAMES,
-                    ipc=IPCS, arch=STUDENTS, labels=LABEL_PROTOCOLS, seed=SEEDS)
+CEILING_JSONS = [f"{R}/ceiling/{arch}/{protocol}/seed{seed}.json" for arch, protocol in CELLS for seed in CEILING_SEEDS]
+EVAL_JSONS = [f"{R}/eval/{method}/ipc{ipc}/{arch}/{protocol}/seed{seed}.json"
+              for method in METHOD_NAMES for ipc in IPCS for arch, protocol in CELLS
+              for seed in SEEDS_AT_IPC.get(ipc, SEEDS)]
 PUBLISHED = config.get("published_results") or str(Path(workflow.basedir).parent / "config" / "published")
 try:
     PUBLISHED_FILES = [str(p) for p in published_files(PUBLISHED)]
@@ -52,7 +55,7 @@ wildcard_constraints:
     arch=r"[^/]+",
     pool=r"[^/]+",
     member=r"[^/]+",
-    labels=r"online_kd|stored|hard",
+    protocol=r"[^/]+",
 
 
 def threads_for(rule_name, default=1):
@@ -113,14 +116,18 @@ def shard_done_files(wildcards):
     return [f"{R}/distilled/{wildcards.method}/ipc{wildcards.ipc}/shards/{k}/done.json" for k in range(count)]
 
 
-def teacher_if_online_kd(wildcards):
-    return [f"{R}/base/{BASE_ARCH}/model.pt"] if wildcards.labels == "online_kd" else []
+def teacher_if_kd(wildcards):
+    """The base model, for a kd protocol's ceiling, or its evaluation with online teacher outputs."""
+    kd = PROTOCOLS[wildcards.protocol]["labels"] == "kd"
+    online = config["evaluate"]["teacher_outputs"] == "online" or "method" not in wildcards.keys()
+    return [f"{R}/base/{BASE_ARCH}/model.pt"] if kd and online else []
 
 
 def soft_labels_if_stored(wildcards):
-    if wildcards.labels != "stored":
+    if PROTOCOLS[wildcards.protocol]["labels"] != "kd" or config["evaluate"]["teacher_outputs"] != "stored":
         return []
-    return [f"{R}/distilled/{wildcards.method}/ipc{wildcards.ipc}/soft_labels/seed{wildcards.seed}/meta.json"]
+    return [f"{R}/distilled/{wildcards.method}/ipc{wildcards.ipc}/soft_labels/{wildcards.protocol}/"
+            f"seed{wildcards.seed}/meta.json"]
 
 
 def used_pools():

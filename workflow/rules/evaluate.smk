@@ -1,21 +1,22 @@
-# Stages 4-5: train a fresh student per (method, IPC, architecture, label protocol, seed) on the
-# distilled PNG set (meta.json, images/ beside it); top-1 on the real test set. Labels:
-# online_kd (the teacher relabels every augmented batch), stored (rule relabel's files), hard.
+# Stages 4-5: train a fresh student per (method, IPC, architecture, protocol, seed) on the
+# distilled PNG set (meta.json, images/ beside it); top-1 on the real test set. The protocol
+# (config/protocols/) is the student's whole recipe; a kd protocol's teacher outputs are online
+# (the teacher relabels every augmented batch) or stored (rule relabel's files).
 # With gpus_per_job > 1 (or evaluate.processes) the stage runs itself under torchrun.
 rule evaluate:
     input:
         data=DATA,
         distilled=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
-        teacher=teacher_if_online_kd,
+        teacher=teacher_if_kd,
         soft_labels=soft_labels_if_stored,
     output:
-        f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.json",
+        f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{protocol}}/seed{{seed}}.json",
     params:
         **stage_params("evaluate"),
     log:
-        f"{R}/logs/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.log",
+        f"{R}/logs/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/{{protocol}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/{{labels}}/seed{{seed}}.tsv"
+        f"{R}/benchmarks/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/{{protocol}}/seed{{seed}}.tsv"
     threads: threads_for("evaluate")
     resources:
         **stage_resources("evaluate"),

@@ -45,13 +45,15 @@ def build(cfg: dict, arch: str, seed: int | None = None):
     return build_spec(model_spec(cfg, arch), dataset_info(cfg["dataset"]), seed)
 
 
-def student_recipe(cfg: dict, num_images: int) -> dict:
-    """evaluate.recipe with the batch capped at the set's size, as relabel and evaluate use it
-    (benchmarks)."""
-    from teddy.stages.relabel import student_recipe as capped
+def student_recipe(cfg: dict, num_images: int, protocol: str | None = None, ipc: int = 1) -> dict:
+    """A protocol's recipe at `ipc` (default: the config's first evaluate.protocols entry) with
+    the batch for a set of `num_images`, as relabel and evaluate use it (benchmarks)."""
+    from teddy.protocols import cell_recipe, load_protocol, protocols_dir
+    from teddy.stages.relabel import student_recipe as for_set
 
-    recipe = cfg["evaluate"]["recipe"]
-    return capped({"recipe": recipe}, num_images, Machine(student_compile=bool(recipe.get("compile", False))))
+    name = protocol or cfg["evaluate"]["protocols"][0]
+    recipe = cell_recipe(load_protocol(name, protocols_dir(cfg)), ipc)
+    return for_set({"recipe": recipe}, num_images, Machine(student_compile=bool(cfg["evaluate"].get("compile"))))
 
 
 __all__ = ["STAGES", "Files", "Machine", "build", "machine_from_config", "run_stage", "stage", "student_recipe"]

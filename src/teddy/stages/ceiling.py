@@ -1,6 +1,7 @@
-"""Rule ceiling: the ceiling row of a (student, label protocol) block: `ceiling.recipe` on the
-whole real training set (validation split held out as everywhere), hard labels or online KD from
-the base model; top-1 on the real test set."""
+"""Rule ceiling: the ceiling row of a (student, protocol) block: the protocol's student and
+recipe on the whole real training set (validation split held out as everywhere; ceiling.epochs
+may shorten the schedule), hard labels or online KD from the base model as the protocol says;
+top-1 on the real test set."""
 
 from __future__ import annotations
 
@@ -11,16 +12,21 @@ from teddy.efficiency import peak_gpu_memory_mb
 from teddy.errors import TeddyError
 from teddy.io import save_json
 from teddy.pool import load_model
-from teddy.stages.common import Machine, build, dataset_cfg, dataset_settings, first, model_spec, \
+from teddy.protocols import load_protocol, protocols_dir, student_spec, whole_set_recipe
+from teddy.stages.common import Machine, build, dataset_cfg, dataset_settings, first, student_recipe_settings, \
     training_request, train_images
 from teddy.resume import remove_checkpoint
 from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
-    arch = str(wildcards["arch"])
-    return {"dataset": dataset_settings(cfg), "recipe": cfg["ceiling"]["recipe"], "model": model_spec(cfg, arch),
-            "arch": arch, "labels": str(wildcards["labels"]), "seed": int(wildcards["seed"])}
+    arch, name = str(wildcards["arch"]), str(wildcards["protocol"])
+    protocol = load_protocol(name, protocols_dir(cfg))
+    recipe = whole_set_recipe(protocol, cfg["ceiling"]["epochs"])
+    recipe.pop("batch_size_doubled_from_classes", None)
+    return {"dataset": dataset_settings(cfg), "protocol": name, "recipe": student_recipe_settings(recipe),
+            "model": student_spec(cfg, protocol, arch), "arch": arch,
+            "labels": "online_kd" if protocol["labels"] == "kd" else "hard", "seed": int(wildcards["seed"])}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
@@ -31,9 +37,9 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     """inputs.teacher (online_kd only); outputs[0] the result JSON, the checkpoint beside it."""
-    arch, labels, seed = settings["arch"], settings["labels"], settings["seed"]
+    arch, labels, seed, protocol = settings["arch"], settings["labels"], settings["seed"], settings["protocol"]
     if labels not in ("hard", "online_kd"):
-        raise TeddyError(f"ceiling label protocol must be hard or online_kd, got '{labels}'")
+        raise TeddyError(f"ceiling labels must be hard or online_kd, got '{labels}'")
     out_json = str(outputs[0])
     checkpoint = out_json.removesuffix(".json") + ".ckpt"
     data = dataset_cfg(settings, machine)
@@ -45,8 +51,8 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     model = build(settings["model"], info, seed=seed)
     t0 = time.perf_counter()
     fit(model, train_set, {"eval_every": 0, **settings["recipe"]}, device, seed=seed,
-        targets=targets_for(teacher), checkpoint_path=checkpoint, desc=f"ceiling {arch} {labels} seed{seed}", info=info)
-    result = {"arch": arch, "labels": labels, "seed": seed, "train_images": len(train_set),
+        targets=targets_for(teacher), checkpoint_path=checkpoint, desc=f"ceiling {arch} {protocol} seed{seed}", info=info)
+    result = {"arch": arch, "protocol": protocol, "labels": labels, "seed": seed, "train_images": len(train_set),
               "test_accuracy": evaluate_accuracy(model, load_split(data, "test"), device),
               "train_seconds": time.perf_counter() - t0, "peak_gpu_mb": peak_gpu_memory_mb()}
     save_json(result, out_json)

@@ -39,7 +39,7 @@ class Machine:
     student_workers: int = 0          # ... reading a distilled set too large for memory (evaluate.num_workers)
     in_memory_max_mb: float = 1024.0  # distilled sets up to this size are held in memory (evaluate.in_memory_max_mb)
     device_memory_fraction: float = 0.25  # ... on the GPU, up to this share of its memory (evaluate.device_memory_fraction)
-    student_compile: bool = False     # torch.compile students and teacher on CUDA (evaluate.recipe.compile)
+    student_compile: bool = False     # torch.compile students and teacher on CUDA (evaluate.compile)
     normalisation_file: str | None = None
     device: str = "auto"
     gpus_per_job: int = 0
@@ -56,7 +56,7 @@ def machine_from_config(cfg: dict) -> Machine:
                    num_workers=int(dataset["num_workers"]), student_workers=int(ev["num_workers"]),
                    in_memory_max_mb=float(ev["in_memory_max_mb"]),
                    device_memory_fraction=float(ev["device_memory_fraction"]),
-                   student_compile=bool((ev.get("recipe") or {}).get("compile", False)),
+                   student_compile=bool(ev.get("compile", False)),
                    normalisation_file=dataset.get("normalisation_file"), device=str(cfg["device"]),
                    gpus_per_job=int(cfg["gpus_per_job"]), results_dir=str(cfg["results_dir"]),
                    distill_speed=distill_speed(cfg["distill"]))

@@ -1,5 +1,7 @@
-"""Rule evaluate: a fresh student trained on the distilled set with `labels` (online_kd, stored or
-hard), tested on the real test set. With more than one process (evaluate.processes, else
+"""Rule evaluate: a fresh student trained on the distilled set under one evaluation protocol
+(teddy.protocols: the student variant, its recipe at this IPC, hard labels or KD from the base
+model, whose outputs are computed online or read from rule relabel's store), tested on the real
+test set. With more than one process (evaluate.processes, else
 gpus_per_job on CUDA) the stage runs itself under torchrun and rank 0 writes the result; the
 process count is a setting (CutMix partners and BatchNorm statistics are per process)."""
 
@@ -14,20 +16,33 @@ from teddy.errors import TeddyError
 from teddy.io import load_json, save_json
 from teddy.label_store import LabelStore
 from teddy.pool import load_model
+from teddy.protocols import cell_recipe, evaluates, load_protocol, protocols_dir, student_spec
 from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, first, images_per_s, memory_mb,
-                                 model_spec, request, shape, student_processes, student_recipe_settings, test_images)
+                                 request, shape, student_processes, student_recipe_settings, test_images)
 from teddy.stages.relabel import student_memory_mb, student_recipe, student_set
 from teddy.resume import remove_checkpoint
 from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
 
 
+def labels_of(protocol: dict, teacher_outputs: str) -> str:
+    """How a cell's student is taught: hard, online_kd (the teacher in the loop) or stored."""
+    if protocol["labels"] == "hard":
+        return "hard"
+    return "stored" if teacher_outputs == "stored" else "online_kd"
+
+
 def settings(cfg: dict, wildcards: dict) -> dict:
     ev = cfg["evaluate"]
-    arch = str(wildcards["arch"])
-    return {"dataset": dataset_settings(cfg), "recipe": student_recipe_settings(ev["recipe"]), "keep_topk": ev["keep_topk"],
+    arch, name, ipc = str(wildcards["arch"]), str(wildcards["protocol"]), int(wildcards["ipc"])
+    protocol = load_protocol(name, protocols_dir(cfg))
+    if not evaluates(protocol, arch):
+        raise TeddyError(f"protocol '{name}' does not evaluate student '{arch}' (it evaluates "
+                         f"{sorted(protocol['students'])})")
+    return {"dataset": dataset_settings(cfg), "protocol": name,
+            "recipe": student_recipe_settings(cell_recipe(protocol, ipc)), "keep_topk": ev["keep_topk"],
             "processes": ev["processes"], "gpus_per_job": int(cfg["gpus_per_job"]),
-            "model": model_spec(cfg, arch), "method": str(wildcards["method"]), "ipc": int(wildcards["ipc"]),
-            "arch": arch, "labels": str(wildcards["labels"]), "seed": int(wildcards["seed"])}
+            "model": student_spec(cfg, protocol, arch), "method": str(wildcards["method"]), "ipc": ipc,
+            "arch": arch, "labels": labels_of(protocol, ev["teacher_outputs"]), "seed": int(wildcards["seed"])}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
@@ -42,8 +57,8 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
 
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
-    """inputs.distilled (the set's meta.json), inputs.teacher (online_kd), inputs.soft_labels
-    (stored); outputs[0] the result JSON, the checkpoint beside it."""
+    """inputs.distilled (the set's meta.json), inputs.teacher (online KD), inputs.soft_labels
+    (stored KD); outputs[0] the result JSON, the checkpoint beside it."""
     return student(settings, str(inputs.distilled), first(getattr(inputs, "teacher", None)),
                    first(getattr(inputs, "soft_labels", None)), str(outputs[0]), machine)
 
@@ -51,7 +66,8 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
 def student(settings: dict, distilled_meta: str, teacher_path, label_store_meta, out_json: str,
             machine: Machine) -> dict:
     """run() on plain paths: what each torchrun process calls."""
-    method_name, ipc, arch, seed, labels = (settings[k] for k in ("method", "ipc", "arch", "seed", "labels"))
+    method_name, ipc, arch, seed, labels, protocol = (settings[k] for k in ("method", "ipc", "arch", "seed", "labels",
+                                                                           "protocol"))
     checkpoint = out_json.removesuffix(".json") + ".ckpt"
     device = resolve_device(machine.device)
     processes = student_processes(settings, device)
@@ -63,22 +79,22 @@ def student(settings: dict, distilled_meta: str, teacher_path, label_store_meta,
     info = dataset_info(dataset_cfg(settings, machine))
     train_set, meta = student_set(machine, distilled_meta, device)
     teacher = store = None
-    recipe = student_recipe(settings, len(train_set), machine)
+    recipe = student_recipe(settings, len(train_set), machine, info.num_classes)
     if labels == "online_kd":
         teacher, _ = load_model(teacher_path, what="teacher (base model)")
     elif labels == "stored":
         if not label_store_meta:
-            raise TeddyError("labels 'stored' (evaluate.labels) but no soft-label store was given (rule relabel)")
+            raise TeddyError("evaluate.teacher_outputs is 'stored' but no soft-label store was given (rule relabel)")
         store = LabelStore(label_store_meta, set_hash=meta["set_hash"], recipe=recipe, seed=seed,
                            chunks=processes * int(recipe["accumulate"]), num_images=len(train_set),
                            num_classes=info.num_classes, keep_topk=settings["keep_topk"])
     elif labels != "hard":
-        raise TeddyError(f"unknown evaluate.labels '{labels}' (online_kd, stored or hard)")
+        raise TeddyError(f"unknown label source '{labels}' (online_kd, stored or hard)")
     model = build(settings["model"], info, seed=seed)
     t0 = time.perf_counter()
     fit(model, train_set, recipe, device, seed=seed, targets=targets_for(teacher, store), checkpoint_path=checkpoint,
-        desc=f"student {arch} {method_name} ipc{ipc} {labels} seed{seed}", info=info)
-    result = {"method": method_name, "ipc": ipc, "arch": arch, "seed": seed, "labels": labels,
+        desc=f"student {arch} {method_name} ipc{ipc} {protocol} seed{seed}", info=info)
+    result = {"method": method_name, "ipc": ipc, "arch": arch, "seed": seed, "protocol": protocol, "labels": labels,
               "processes": processes, "train_seconds": time.perf_counter() - t0, "peak_gpu_mb": peak_gpu_memory_mb()}
     if is_main():
         result["test_accuracy"] = evaluate_accuracy(model, load_split(dataset_cfg(settings, machine), "test"), device)

@@ -1,4 +1,4 @@
-"""Rule relabel (evaluate.labels: stored): the teacher's top-k logits on every augmented batch of
+"""Rule relabel (kd protocols with evaluate.teacher_outputs: stored): the teacher's top-k logits on every augmented batch of
 every epoch of one student seed's run, one file per epoch beside meta.json (teddy.label_store)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 from teddy.data import dataset_info
 from teddy.label_store import STORE_FORMAT_VERSION, write_label_store
 from teddy.pool import load_model
+from teddy.protocols import cell_recipe, class_batch_size, load_protocol, protocols_dir
 from teddy.stages.common import (Machine, dataset_cfg, dataset_settings, images_per_s, memory_mb, request, shape,
                                  student_processes, student_recipe_settings)
 from teddy.student_data import load_student_set
@@ -14,21 +15,26 @@ from teddy.train import resolve_device
 
 def settings(cfg: dict, wildcards: dict) -> dict:
     """What a student run's batches are (shared with evaluate: relabel and evaluate must agree on
-    the recipe and on the processes, whose chunks draw the CutMix partners), and the teacher."""
+    the protocol's recipe at this IPC and on the processes, whose chunks draw the CutMix
+    partners), and the teacher."""
     ev = cfg["evaluate"]
-    return {"dataset": dataset_settings(cfg), "recipe": student_recipe_settings(ev["recipe"]),
+    name, ipc = str(wildcards["protocol"]), int(wildcards["ipc"])
+    protocol = load_protocol(name, protocols_dir(cfg))
+    return {"dataset": dataset_settings(cfg), "protocol": name,
+            "recipe": student_recipe_settings(cell_recipe(protocol, ipc)),
             "keep_topk": ev["keep_topk"], "processes": ev["processes"], "gpus_per_job": int(cfg["gpus_per_job"]),
-            "teacher": cfg["base"]["arch"], "method": str(wildcards["method"]), "ipc": int(wildcards["ipc"]),
+            "teacher": cfg["base"]["arch"], "method": str(wildcards["method"]), "ipc": ipc,
             "seed": int(wildcards["seed"]),
             # a store of an older format is rebuilt, not refused by evaluate
             "label_store_format": STORE_FORMAT_VERSION}
 
 
-def student_recipe(settings: dict, num_images: int, machine: Machine) -> dict:
-    """evaluate.recipe with the batch capped at the distilled set's size and the Machine's speed
-    keys (shared by evaluate)."""
+def student_recipe(settings: dict, num_images: int, machine: Machine, num_classes: int | None = None) -> dict:
+    """The cell's recipe with its batch for this set (doubled on many classes where the protocol
+    says so, capped at the set's size) and the Machine's speed keys (shared by evaluate)."""
     recipe = {**settings["recipe"], "compile": machine.student_compile}
-    recipe["batch_size"] = min(int(recipe["batch_size"]), num_images)
+    recipe["batch_size"] = class_batch_size(recipe, num_images, num_classes or 0)
+    recipe.pop("batch_size_doubled_from_classes", None)
     return recipe
 
 
@@ -70,7 +76,7 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     train_set, meta = student_set(machine, inputs.distilled, device)
     info = dataset_info(dataset_cfg(settings, machine))
     teacher, _ = load_model(inputs.teacher, what="teacher (base model)")
-    recipe = student_recipe(settings, len(train_set), machine)
+    recipe = student_recipe(settings, len(train_set), machine, info.num_classes)
     chunks = student_processes(settings, device) * int(settings["recipe"]["accumulate"])
     return write_label_store(outputs[0], train_set, teacher, recipe, settings["seed"], device,
                              set_hash=meta["set_hash"], num_classes=info.num_classes, image_size=info.image_size,

@@ -1,0 +1,162 @@
+"""Evaluation protocols as data: a protocol is a named, complete student recipe, one YAML file
+per protocol under config/protocols/ (or the config's `protocols_dir`), validated against
+`definitions/protocol` of workflow/schemas/config.schema.yaml, each citing the paper and the
+repository files its values were read in.
+
+A table block is one (student, protocol) pair; published figures are printed only in the block
+of the protocol their source used (teddy.published, teddy.report). This module answers what a
+cell of the evaluation grid trains: which students a protocol evaluates and with which options
+(`cells`, `student_spec`), the recipe at a given IPC (`cell_recipe`: RDED's batch per IPC) and
+on the whole training set (`whole_set_recipe`: the ceiling rows)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import yaml
+
+from teddy.errors import TeddyError
+from teddy.models import MODELS, check_image_size
+
+PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "config" / "protocols"
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def protocols_dir(cfg: dict | None = None) -> Path:
+    return Path((cfg or {}).get("protocols_dir") or PROTOCOLS_DIR)
+
+
+def known_protocols(folder=PROTOCOLS_DIR) -> list[str]:
+    return sorted(p.stem for p in Path(folder).glob("*.yaml"))
+
+
+@functools.lru_cache(maxsize=None)
+def _read(path: str, version: tuple) -> dict:
+    """One protocol file, validated with the schema's defaults filled in (cached per version)."""
+    from teddy.config import _validator_filling_defaults
+
+    try:
+        protocol = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise TeddyError(f"unreadable protocol file {path}: {exc}") from None
+    if not isinstance(protocol, dict):
+        raise TeddyError(f"protocol file {path}: expected a mapping of keys, got {type(protocol).__name__}")
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = _validator_filling_defaults({"$ref": "#/definitions/protocol", "definitions": schema["definitions"]})
+    errors = sorted(validator.iter_errors(protocol), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        key = ".".join(str(k) for k in e.absolute_path) or "(top level)"
+        raise TeddyError(f"protocol file {path}: key {key}: {e.message}")
+    if protocol["name"] != Path(path).stem:
+        raise TeddyError(f"protocol file {path}: key name is '{protocol['name']}', expected the file's stem "
+                         f"'{Path(path).stem}'")
+    if protocol["labels"] == "kd" and "temperature" not in protocol["recipe"]:
+        raise TeddyError(f"protocol file {path}: key recipe.temperature is required for labels: kd")
+    return protocol
+
+
+def load_protocol(name: str, folder=PROTOCOLS_DIR) -> dict:
+    """The protocol `name` (a deep copy: callers may change it)."""
+    path = Path(folder) / f"{name}.yaml"
+    if not path.is_file():
+        known = known_protocols(folder)
+        raise TeddyError(f"unknown evaluation protocol '{name}' (config key evaluate.protocols); known: "
+                         f"{', '.join(known) or f'none in {folder}'}")
+    stat = path.stat()
+    return copy.deepcopy(_read(str(path), (stat.st_mtime_ns, stat.st_size)))
+
+
+def config_protocols(cfg: dict) -> dict[str, dict]:
+    """Every protocol evaluate.protocols names, by name, in the config's order."""
+    folder = protocols_dir(cfg)
+    return {name: load_protocol(name, folder) for name in cfg["evaluate"]["protocols"]}
+
+
+def evaluates(protocol: dict, arch: str) -> bool:
+    return protocol["students"] == "any" or arch in protocol["students"]
+
+
+def cells(cfg: dict) -> list[tuple[str, str]]:
+    """The (student, protocol) pairs of the evaluation grid: each of evaluate.students under each
+    protocol that evaluates it, in the config's order."""
+    protocols = config_protocols(cfg)
+    return [(arch, name) for name, p in protocols.items() for arch in cfg["evaluate"]["students"]
+            if evaluates(p, arch)]
+
+
+def student_spec(cfg: dict, protocol: dict, arch: str) -> dict:
+    """What model_from_spec builds: the protocol's variant of `arch`, or the config's arch_options
+    for a protocol that takes any student."""
+    if protocol["students"] == "any":
+        return {"arch": arch, **(cfg.get("arch_options") or {}).get(arch, {})}
+    return {"arch": arch, **protocol["students"][arch]}
+
+
+def cell_recipe(protocol: dict, ipc: int) -> dict:
+    """The student recipe of one (protocol, IPC) cell: recipe.batch_size, or batch_size_by_ipc at
+    the largest key <= ipc. The batch doubles on many classes and is capped at the set's size
+    when the job runs (`class_batch_size`)."""
+    recipe = copy.deepcopy(protocol["recipe"])
+    by_ipc = {int(k): int(v) for k, v in (protocol.get("batch_size_by_ipc") or {}).items()}
+    keys = [k for k in sorted(by_ipc) if k <= int(ipc)]
+    if keys:
+        recipe["batch_size"] = by_ipc[keys[-1]]
+    if by_ipc and protocol.get("batch_size_doubled_from_classes"):
+        recipe["batch_size_doubled_from_classes"] = int(protocol["batch_size_doubled_from_classes"])
+    return recipe
+
+
+def class_batch_size(recipe: dict, num_images: int, num_classes: int) -> int:
+    """A cell recipe's batch on a set of `num_images` images of `num_classes` classes: doubled
+    from batch_size_doubled_from_classes classes (RDED), never above the set."""
+    batch = int(recipe["batch_size"])
+    doubled_from = recipe.get("batch_size_doubled_from_classes")
+    if doubled_from and int(num_classes) >= int(doubled_from):
+        batch *= 2
+    return min(batch, int(num_images))
+
+
+def whole_set_recipe(protocol: dict, epochs: int | None = None) -> dict:
+    """The protocol's recipe on the whole training set (the ceiling rows): `epochs` (config
+    ceiling.epochs) replaces the recipe's, and step milestones and warm-up scale in proportion."""
+    recipe = copy.deepcopy(protocol["recipe"])
+    if epochs is None or int(epochs) == int(recipe["epochs"]):
+        return recipe
+    ratio = int(epochs) / int(recipe["epochs"])
+    recipe["epochs"] = int(epochs)
+    if recipe.get("milestones"):
+        recipe["milestones"] = sorted({max(1, round(int(m) * ratio)) for m in recipe["milestones"]})
+    if recipe.get("warmup_epochs"):
+        recipe["warmup_epochs"] = max(1, round(int(recipe["warmup_epochs"]) * ratio))
+    return recipe
+
+
+def check_protocols(cfg: dict, image_size: int) -> None:
+    """At config load: every protocol exists and is valid, every student has a protocol that
+    evaluates it and every protocol a student, and each variant takes the dataset's images."""
+    protocols = config_protocols(cfg)
+    students = list(cfg["evaluate"]["students"])
+    for name, protocol in protocols.items():
+        if protocol["students"] != "any":
+            for arch in protocol["students"]:
+                if arch not in MODELS:
+                    raise TeddyError(f"protocol '{name}' names architecture '{arch}', which is not registered; "
+                                     f"registered: {sorted(MODELS)}")
+            if not any(evaluates(protocol, a) for a in students):
+                raise TeddyError(f"protocol '{name}' evaluates {sorted(protocol['students'])}, but evaluate.students "
+                                 f"is {students}: add one of them, or drop the protocol")
+        for arch in students:
+            if evaluates(protocol, arch):
+                spec = student_spec(cfg, protocol, arch)
+                options = {k: v for k, v in spec.items() if k != "arch"}
+                try:
+                    check_image_size(arch, image_size, **options)
+                except TeddyError as exc:
+                    raise TeddyError(f"protocol '{name}': {exc}") from None
+    for arch in students:
+        if not any(evaluates(p, arch) for p in protocols.values()):
+            raise TeddyError(f"evaluate.students has '{arch}', which none of evaluate.protocols "
+                             f"({', '.join(protocols)}) evaluates")
