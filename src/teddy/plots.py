@@ -1,6 +1,7 @@
-"""Accuracy vs IPC, one panel per student, from the long table of teddy.report.paper_table:
-our methods as lines with seed error bars, the ceiling and published figures (same label
-protocol) as reference lines. Matplotlib's Agg backend: no display needed."""
+"""Accuracy vs IPC, one panel per student, from the long table of teddy.report.paper_table: our
+methods as lines with seed error bars, the ceiling and published figures (same evaluation protocol
+and student) as reference lines; published figures of other protocols are never drawn. Matplotlib's
+Agg backend: no display needed."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from teddy.errors import TeddyError  # noqa: E402
 from teddy.io import atomic_path  # noqa: E402
 
 
-def accuracy_vs_ipc(table: pd.DataFrame, labels: str, out_png, dataset: str = "") -> None:
-    """Write the plot of label protocol `labels`; a protocol absent from `table` is named."""
-    rows = table[table["labels"] == labels]
+def accuracy_vs_ipc(table: pd.DataFrame, protocol: str, out_png, dataset: str = "") -> None:
+    """Write the plot of evaluation protocol `protocol`; a protocol absent from `table` is named."""
+    in_blocks = table[table["kind"] != "unmatched"]
+    rows = in_blocks[in_blocks["protocol"] == protocol]
     if rows.empty:
-        ran = sorted(table["labels"].unique())
-        raise TeddyError(f"no results with label protocol '{labels}' to plot; protocols evaluated: {ran}")
+        ran = sorted(in_blocks["protocol"].unique())
+        raise TeddyError(f"no results with protocol '{protocol}' to plot; protocols evaluated: {ran}")
     students = sorted(rows["student"].unique())
     fig, axes = plt.subplots(1, len(students), figsize=(4.8 * len(students), 3.8), squeeze=False)
     for ax, student in zip(axes[0], students):
@@ -27,25 +29,26 @@ def accuracy_vs_ipc(table: pd.DataFrame, labels: str, out_png, dataset: str = ""
         ipcs = sorted(int(i) for i in block["ipc"].unique())
         for method, line in block[block["kind"] == "measured"].groupby("method", sort=True):
             line = line.sort_values("ipc")
-            ax.errorbar(line["ipc"], line["mean"], yerr=line["std"], marker="o", capsize=3, label=method)
+            ax.errorbar(line["ipc"].astype(int), line["mean"], yerr=line["std"], marker="o", capsize=3, label=method)
         ceiling = block[block["kind"] == "ceiling"]
         if not ceiling.empty:
             ax.axhline(ceiling["mean"].iloc[0], color="black", linestyle="--", linewidth=1,
                        label=f"ceiling {ceiling['mean'].iloc[0]:.1f}")
-        for (method, norm), line in block[block["kind"] == "published"].groupby(["method", "norm"], sort=True):
+        for (method, norm), line in block[block["kind"] == "published"].groupby(["method", "norm"], sort=True,
+                                                                                dropna=False):
             line = line.sort_values("ipc")
             if line["whole_train_set"].all():  # no IPC: one figure for the whole training set
                 ax.axhline(line["mean"].iloc[0], color="grey", linestyle=":", linewidth=1,
                            label=f"{method} (published)")
             else:
-                ax.plot(line["ipc"], line["mean"], linestyle=":", marker="x", alpha=0.7,
-                        label=f"{method} (published, {norm} norm)")
+                named = f"{method} (published, {norm} norm)" if isinstance(norm, str) else f"{method} (published)"
+                ax.plot(line["ipc"].astype(int), line["mean"], linestyle=":", marker="x", alpha=0.7, label=named)
         ax.set_xscale("log")
         ax.set_xticks(ipcs, [str(i) for i in ipcs])
         ax.minorticks_off()
         ax.set_xlabel("images per class (IPC)")
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{student}, {labels} labels")
+        ax.set_title(f"{student}, protocol {protocol}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if dataset:

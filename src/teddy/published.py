@@ -1,9 +1,15 @@
 """Published figures as data: every *.csv under config/published/ (or one file), one schema.
 
 Columns: dataset, method, ipc (empty: the whole training set), student (a name of our model
-registry where one fits), labels (soft|hard: the protocol the figure was measured under), norm
-(the student's normalisation layers; empty when the source does not say), top1 and std (%, std empty when the source gives none),
-source. Lines starting with '#' are comments. A bad field stops with the file and line.
+registry where one fits), labels (soft|hard: the labels the student was trained with), protocol
+(the evaluation protocol the figure was measured under: a name of config/protocols/*.yaml, a peer
+protocol we ship by name only (PEER_PROTOCOLS), or `unstated` when the source does not state its
+evaluation settings or we have not checked them), norm (the student's normalisation layers; empty
+when the source does not say), top1 and std (%, std empty when the source gives none), source.
+Lines starting with '#' are comments. A bad field stops with the file and line.
+
+A published figure is shown only beside our rows of the same protocol and student
+(teddy.report.paper_table); the protocol column is what makes that match possible.
 """
 
 from __future__ import annotations
@@ -15,12 +21,26 @@ import pandas as pd
 
 from teddy.errors import TeddyError
 
-COLUMNS = ["dataset", "method", "ipc", "student", "labels", "norm", "top1", "std", "source"]
+COLUMNS = ["dataset", "method", "ipc", "student", "labels", "protocol", "norm", "top1", "std", "source"]
 LABELS = ("soft", "hard")
 NORMS = ("batch", "instance", "layer", "group", "none")
 
-# which published protocol each of our evaluate.labels protocols is compared with
-PUBLISHED_PROTOCOL = {"online_kd": "soft", "stored": "soft", "hard": "hard"}
+UNSTATED = "unstated"
+# the protocols of config/protocols/*.yaml (names fixed in issue 19's design note)
+RUN_PROTOCOLS = ("dc", "dc_mnist", "dsa", "sre2l_imagenet1k", "sre2l_tiny_imagenet", "rded",
+                 "teddy_small_kd", "teddy_small_hard")
+# peers' evaluation protocols we name (../shared/docs/METHOD.md section 7) but ship no file for
+PEER_PROTOCOLS = ("gvbsm", "edc", "mtt", "cim")
+KNOWN_PROTOCOLS = RUN_PROTOCOLS + PEER_PROTOCOLS
+
+
+def known_protocols(protocol_dir=None) -> tuple[str, ...]:
+    """The protocol names a published row may carry (besides `unstated`): the stems of
+    `protocol_dir`/*.yaml plus PEER_PROTOCOLS, or KNOWN_PROTOCOLS without a folder."""
+    if protocol_dir is None:
+        return KNOWN_PROTOCOLS
+    stems = sorted(p.stem for p in Path(protocol_dir).glob("*.yaml"))
+    return tuple(stems) + tuple(p for p in PEER_PROTOCOLS if p not in stems)
 
 
 def published_files(path) -> list[Path]:
@@ -43,13 +63,16 @@ def _number(text: str, where: str, field: str, low: float, high: float) -> float
     return value
 
 
-def _parse_row(fields: dict, where: str) -> dict:
+def _parse_row(fields: dict, where: str, protocols) -> dict:
     row = {k: (fields.get(k) or "").strip() for k in COLUMNS}
     for key in ("dataset", "method", "student", "source"):
         if not row[key]:
             raise TeddyError(f"{where}: field '{key}' is empty")
     if row["labels"] not in LABELS:
         raise TeddyError(f"{where}: field 'labels' is '{row['labels']}', expected one of {list(LABELS)}")
+    if row["protocol"] != UNSTATED and row["protocol"] not in protocols:
+        raise TeddyError(f"{where}: field 'protocol' is '{row['protocol']}', expected one of "
+                         f"{sorted(protocols)} or '{UNSTATED}'")
     if row["norm"] and row["norm"] not in NORMS:
         raise TeddyError(f"{where}: field 'norm' is '{row['norm']}', expected one of {list(NORMS)} "
                          f"(empty: not stated by the source)")
@@ -66,7 +89,9 @@ def _parse_row(fields: dict, where: str) -> dict:
     return row
 
 
-def read_published_file(path) -> list[dict]:
+def read_published_file(path, protocols=None) -> list[dict]:
+    """The rows of one file; `protocols`: the known protocol names (default KNOWN_PROTOCOLS)."""
+    protocols = KNOWN_PROTOCOLS if protocols is None else tuple(protocols)
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
@@ -85,14 +110,16 @@ def read_published_file(path) -> list[dict]:
             continue
         if len(fields) != len(COLUMNS):
             raise TeddyError(f"{where}: {len(fields)} fields, expected {len(COLUMNS)} ({','.join(COLUMNS)})")
-        rows.append(_parse_row(dict(zip(COLUMNS, fields)), where))
+        rows.append(_parse_row(dict(zip(COLUMNS, fields)), where, protocols))
     return rows
 
 
-def load_published(path, dataset: str | None = None) -> pd.DataFrame:
+def load_published(path, dataset: str | None = None, protocols=None) -> pd.DataFrame:
     """Every published row (of `dataset` when given), as a DataFrame with the COLUMNS; `ipc` is
-    a nullable integer (NA: whole training set)."""
-    rows = [row for p in published_files(path) for row in read_published_file(p)]
+    a nullable integer (NA: whole training set). `protocols`: the known protocol names (e.g.
+    known_protocols(config/protocols)); default KNOWN_PROTOCOLS. A row whose protocol is neither
+    known nor `unstated` stops with its file and line."""
+    rows = [row for p in published_files(path) for row in read_published_file(p, protocols)]
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["ipc"] = table["ipc"].astype("Int64")
     if dataset is not None:
