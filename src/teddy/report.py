@@ -77,11 +77,12 @@ def run_protocols(cfg: dict) -> list[str]:
 
 def requested_cells(cfg: dict) -> pd.DataFrame:
     """Every (method, ipc, arch, protocol, seed) the config asks evaluate for: methods x ipc x
-    evaluate.cells x seeds."""
+    evaluate.cells x seeds (evaluate.seeds_at_ipc for the IPCs it lists)."""
     ev = cfg["evaluate"]
+    at_ipc = {int(k): v for k, v in (ev.get("seeds_at_ipc") or {}).items()}
     rows = [(method, int(ipc), arch, protocol, int(seed))
             for method in cfg["distill"]["methods"] for ipc in cfg["distill"]["ipc"]
-            for arch, protocol in cell_pairs(cfg) for seed in ev["seeds"]]
+            for arch, protocol in cell_pairs(cfg) for seed in at_ipc.get(int(ipc), ev["seeds"])]
     return pd.DataFrame(rows, columns=["method", "ipc", "arch", "protocol", "seed"])
 
 

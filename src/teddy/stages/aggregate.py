@@ -1,5 +1,6 @@
-"""Rule aggregate: the paper tables (CSV long form, Markdown, LaTeX, HTML), the efficiency table
-and one accuracy-vs-IPC plot per label protocol. Every requested cell must have its result file;
+"""Rule aggregate: the paper tables (CSV long form, Markdown, LaTeX, HTML; a block per (student,
+protocol), headed by the protocol, the teacher's and the pool members' test accuracies), the
+efficiency table and one accuracy-vs-IPC plot per protocol. Every requested cell must have its result file;
 published figures come from the published CSV files among the inputs."""
 
 from __future__ import annotations
@@ -12,21 +13,40 @@ from teddy.efficiency import efficiency_table
 from teddy.io import atomic_path, save_text
 from teddy.plots import accuracy_vs_ipc
 from teddy.published import load_published
-from teddy.report import (accuracy_table, ceiling_table, check_cells, collect_results, label_protocols, paper_table,
-                          render_html, render_latex, render_markdown, requested_ceiling_cells, requested_cells,
+from teddy.io import load_json
+from teddy.protocols import cells, config_protocols
+from teddy.report import (accuracy_table, ceiling_table, check_cells, collect_results, paper_table, render_html,
+                          render_latex, render_markdown, requested_ceiling_cells, requested_cells, run_protocols,
                           with_distill_seconds)
 from teddy.stages.common import Machine, request
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
-    """The cells the tables hold, in the config's shape (teddy.report reads it as a config)."""
+    """The cells the tables hold, in the config's shape (teddy.report reads it as a config), and
+    what each protocol is (its description and whether a teacher taught it)."""
     ev = cfg["evaluate"]
     ceiling = cfg.get("ceiling")
+    protocols = config_protocols(cfg)
     return {"dataset": {"name": cfg["dataset"]["name"]},
             "distill": {"methods": cfg["distill"]["methods"], "ipc": [int(i) for i in cfg["distill"]["ipc"]]},
             "evaluate": {"students": list(ev["students"]), "seeds": [int(s) for s in ev["seeds"]],
-                         "labels": label_protocols(cfg)},
+                         "seeds_at_ipc": {str(k): [int(s) for s in v] for k, v in ev["seeds_at_ipc"].items()},
+                         "cells": [list(c) for c in cells(cfg)]},
+            "protocols": {name: {"description": p["description"], "labels": p["labels"]}
+                          for name, p in protocols.items()},
             "ceiling": {"seeds": [int(s) for s in ceiling["seeds"]]} if ceiling else None}
+
+
+def context(settings: dict, teacher_metrics, manifests) -> dict:
+    """What the tables say their rows were taught by: each protocol's description, the teacher's
+    test accuracy (base model) and every pool member's (pool manifests)."""
+    pools = {}
+    for path in manifests:
+        table = pd.read_csv(path)
+        pools[Path(path).parent.name] = dict(zip(table["member"].astype(str), table["test_accuracy"]))
+    teacher = load_json(teacher_metrics).get("test_accuracy") if teacher_metrics else None
+    return {"protocols": {n: p["description"] for n, p in settings["protocols"].items()},
+            "teacher_accuracy": teacher, "pools": pools}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
@@ -34,7 +54,8 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
 
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> pd.DataFrame:
-    """inputs.evals, inputs.ceilings, inputs.published (CSV files); outputs.csv, md, tex, html,
+    """inputs.evals, inputs.ceilings, inputs.published (CSV files), inputs.manifests (pools),
+    inputs.teacher (the base model's metrics.json, when the DAG trains one); outputs.csv, md, tex, html,
     efficiency and plots (one per label protocol, in settings' order). The benchmarks and the
     distillation logs are read from machine.results_dir."""
     dataset = settings["dataset"]["name"]
@@ -52,16 +73,20 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> pd.DataFrame:
         ceilings = ceiling_table(found.merge(wanted_ceilings, on=list(wanted_ceilings.columns)))
     files = list(getattr(inputs, "published", []))
     published = pd.concat([load_published(p, dataset) for p in files], ignore_index=True) if files else None
-    table = paper_table(measured, ceilings, published, method_order=list(settings["distill"]["methods"]))
+    kd = [n for n, p in settings["protocols"].items() if p["labels"] == "kd"]
+    table = paper_table(measured, ceilings, published, method_order=list(settings["distill"]["methods"]),
+                        protocol_order=run_protocols(settings), kd_protocols=kd or None)
+    teacher = list(getattr(inputs, "teacher", None) or [])
+    about = context(settings, teacher[0] if teacher else None, list(getattr(inputs, "manifests", None) or []))
     benchmarks = sorted((results_dir / "benchmarks").rglob("*.tsv"))
     efficiency = efficiency_table(benchmarks, settings["distill"]["methods"])
     with atomic_path(outputs.csv) as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(outputs.efficiency) as tmp:
         efficiency.to_csv(tmp, index=False)
-    save_text(render_markdown(dataset, table, efficiency), outputs.md)
-    save_text(render_latex(dataset, table), outputs.tex)
-    save_text(render_html(dataset, table, efficiency), outputs.html)
-    for labels, png in zip(label_protocols(settings), outputs.plots):
-        accuracy_vs_ipc(table, labels, png, dataset)
+    save_text(render_markdown(dataset, table, efficiency, about), outputs.md)
+    save_text(render_latex(dataset, table, about), outputs.tex)
+    save_text(render_html(dataset, table, efficiency, about), outputs.html)
+    for protocol, png in zip(run_protocols(settings), outputs.plots):
+        accuracy_vs_ipc(table, protocol, png, dataset)
     return table
