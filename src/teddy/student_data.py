@@ -237,7 +237,9 @@ def plan_epoch(num_images: int, batch_size: int, image_size: int, cfg: dict, gen
                chunks: int = 1) -> dict:
     """One epoch's plan (see the module docstring). The draw order (order, then per batch: crop
     boxes, flips, shift, mix) keeps runs without crop and mix identical to the earlier
-    batch-level augmentation of teddy.augment."""
+    batch-level augmentation of teddy.augment. Then, only when set: dc_augment's draws
+    (draw_dc_augment: fields dc_op, dc_arg, and dc_noise, dc_noise_seed with noise), then dsa's
+    (draw_dsa: dsa_family, dsa_param)."""
     order = torch.randperm(num_images, generator=generator)
     starts = list(range(0, num_images, batch_size))
     if chunks > 1:  # every process and accumulation step needs at least one image
