@@ -113,7 +113,13 @@ AUGMENTS = {"flip_shift": {"crop": False, "flip": True, "max_shift": 2},
             "crop": {"crop": True, "crop_scale": [0.2, 1.0], "flip": True},
             "cutmix": {"crop": True, "crop_scale": [0.3, 1.0], "flip": True, "cutmix": 1.0},
             "mixup": {"crop": True, "flip": True, "mixup": 0.4},
-            "cutmix_or_mixup": {"crop": True, "flip": True, "max_shift": 1, "cutmix": 1.0, "mixup": 0.2}}
+            "cutmix_or_mixup": {"crop": True, "flip": True, "max_shift": 1, "cutmix": 1.0, "mixup": 0.2},
+            # the DC and DSA benchmark augmentations (protocols dc_mnist, dsa), alone and with the others
+            "dc_augment": {"crop": False, "flip": False, "dc_augment": {}},
+            "dc_augment_noise": {"crop": True, "flip": True, "dc_augment": {"strategy": ["crop", "noise"], "noise": 0.1}},
+            "dsa": {"crop": False, "flip": False, "dsa": {}},
+            "dsa_cutmix": {"crop": True, "flip": False, "max_shift": 1, "cutmix": 1.0,
+                           "dsa": {"strategy": "color_crop_cutout_scale_rotate"}}}
 
 
 def _png_set(root, n_per_class=3, classes=3, size=12, channels=3):
@@ -233,3 +239,278 @@ def test_the_set_goes_to_the_device_when_it_fits_its_share_of_the_device_memory(
     monkeypatch.setattr(student_data, "device_memory_bytes", lambda device: 40 * 2**30)  # a 40 GB GPU
     assert [student_set_placement(b, CPU) for b in imagenet_ipc.values()] == ["device", "device", "stream"]
     assert student_set_placement(imagenet_ipc[100], CPU, device_memory_fraction=0.5) == "device"
+
+
+# --- the DC and DSA benchmark augmentations ----------------------------------------------------
+
+def _plan_digest(cfg, chunks, epochs=3):
+    """A digest of `epochs` plans drawn in turn from one generator, and of its state after."""
+    import hashlib
+
+    g, h = torch.Generator().manual_seed(7), hashlib.sha256()
+    for _ in range(epochs):
+        plan = plan_epoch(23, 5, 12, cfg, g, chunks)
+        for key in sorted(plan):
+            value = plan[key]
+            h.update(key.encode())
+            h.update(value.numpy().tobytes() if isinstance(value, torch.Tensor) else repr(value).encode())
+    h.update(g.get_state().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# computed with the code before dc_augment and dsa existed (commit 8f9d631)
+PLAN_DIGESTS = {("none", 1): "c7a02635ec82474b", ("none", 2): "c73632b168eea8de",
+                ("flip_shift", 1): "5ffcc8dad08845bd", ("flip_shift", 2): "264d9c885e9c4d4d",
+                ("crop", 1): "cb59564608945611", ("crop", 2): "380cdd95c3262504",
+                ("cutmix_or_mixup", 1): "9fcd28fc77fd7485", ("cutmix_or_mixup", 2): "62f2baeb49e7219b"}
+
+
+def test_plans_without_the_benchmark_keys_are_drawn_as_before():
+    configs = {"none": {}, **AUGMENTS}
+    for (name, chunks), digest in PLAN_DIGESTS.items():
+        assert _plan_digest(configs[name], chunks) == digest, (name, chunks)
+    # with the keys set, the earlier fields of the epoch's plan are those drawn without them
+    for name in ("crop", "cutmix_or_mixup"):
+        base = plan_epoch(23, 5, 12, AUGMENTS[name], torch.Generator().manual_seed(1), 2)
+        more = plan_epoch(23, 5, 12, {**AUGMENTS[name], "dc_augment": {}, "dsa": {}},
+                          torch.Generator().manual_seed(1), 2)
+        assert set(more) - set(base) == {"dc_op", "dc_arg", "dsa_family", "dsa_param"}
+        for key, value in base.items():
+            assert torch.equal(value, more[key]) if isinstance(value, torch.Tensor) else value == more[key], key
+
+
+def test_benchmark_plans_have_their_shapes_and_repeat_for_a_seed():
+    cfg = {"crop": False, "flip": False, "dc_augment": {"strategy": ["crop", "scale", "rotate", "noise"]},
+           "dsa": {"strategy": "color_crop_cutout_flip_scale_rotate"}}
+    a, b = (plan_epoch(23, 5, 12, cfg, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert a["dc_op"].dtype == torch.int8 and a["dc_op"].shape == (23,)
+    assert a["dc_arg"].dtype == torch.int16 and a["dc_arg"].shape == (23, 2)
+    assert a["dc_noise_seed"].dtype == torch.int64 and a["dc_noise_seed"].shape == (5,) and a["dc_noise"] == 0.001
+    assert a["dsa_family"].dtype == torch.int8 and a["dsa_family"].shape == (5,)
+    assert a["dsa_param"].dtype == torch.float32 and a["dsa_param"].shape == (23, 4)
+    assert all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+    c = plan_epoch(23, 5, 12, cfg, torch.Generator().manual_seed(4))
+    assert not torch.equal(a["dc_arg"], c["dc_arg"])
+    # DC's ranges (get_daparam's values): shift in [-4, 4), sizes int(U(0.8, 1.2) x 12), whole degrees in [-45, 45)
+    many = plan_epoch(2000, 500, 28, {"crop": False, "flip": False, "dc_augment": {}}, torch.Generator().manual_seed(0))
+    op, arg = many["dc_op"].long(), many["dc_arg"].long()
+    assert set(op.tolist()) == {0, 1, 2} and all(abs((op == k).float().mean().item() - 1 / 3) < 0.05 for k in range(3))
+    crop, scale, rotate = arg[op == 0], arg[op == 1], arg[op == 2, 0]
+    assert crop.min() == -4 and crop.max() == 3
+    assert scale.min() >= int(0.8 * 28) and scale.max() <= int(1.2 * 28)
+    assert rotate.min() == -45 and rotate.max() == 44 and (arg[op == 2, 1] == 0).all()
+    # the same batches for the same plan
+    data = _set(23, 12)
+    x1 = torch.cat([mb.x for mb in StudentData(data, 12, CPU).epoch(a)])
+    x2 = torch.cat([mb.x for mb in StudentData(data, 12, CPU).epoch(b)])
+    assert x1.shape == (23, 3, 12, 12) and x1.dtype == torch.float32 and torch.equal(x1, x2)
+
+
+def test_benchmark_keys_need_crop_and_flip_stated():
+    from teddy.errors import TeddyError
+
+    with pytest.raises(TeddyError, match="must state crop and flip"):
+        plan_epoch(4, 4, 12, {"dsa": {}}, torch.Generator())
+    with pytest.raises(TeddyError, match="must state flip"):
+        plan_epoch(4, 4, 12, {"crop": False, "dc_augment": {}}, torch.Generator())
+    with pytest.raises(TeddyError, match="unknown"):
+        plan_epoch(4, 4, 12, {"crop": False, "flip": False, "dsa": {"strategy": "color_warp"}}, torch.Generator())
+    with pytest.raises(TeddyError, match="unknown"):
+        plan_epoch(4, 4, 12, {"crop": False, "flip": False, "dc_augment": {"strategy": ["cutout"]}}, torch.Generator())
+
+
+def _blob(n=8, size=28):
+    """n copies of a bright square off a dark background, normalised as MNIST."""
+    x = torch.zeros(n, 1, size, size)
+    x[:, :, 9:19, 11:17] = 1.0
+    x[:, :, 9:12, 11:13] = 0.5  # an asymmetric corner, so that a flip or a rotation shows
+    return (x - 0.1307) / 0.3081
+
+
+def _dc_batch(x, dc, seed=0):
+    plan = plan_epoch(len(x), len(x), x.shape[-1], {"crop": False, "flip": False, "dc_augment": dc},
+                      torch.Generator().manual_seed(seed))
+    data = TensorImageDataset(x, torch.zeros(len(x), dtype=torch.long), ["a"])
+    (mb,) = StudentData(data, x.shape[-1], CPU).epoch(plan)
+    return plan, x[plan["order"].long()], mb.x
+
+
+def test_dc_rotate_alone_turns_every_image_and_keeps_its_mass():
+    plan, before, after = _dc_batch(_blob(), {"strategy": ["rotate"]})
+    background = before.min()
+    # the disc about the centre maps onto itself (the corners take the batch mean: left out)
+    yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    disc = ((yy - 13.5) ** 2 + (xx - 13.5) ** 2) < 11**2
+    angles = plan["dc_arg"][:, 0].tolist()
+    assert all(a != 0 for a in angles)
+    for i, angle in enumerate(angles):
+        mass_in, mass_out = ((before[i] - background)[:, disc].sum().item(),
+                             (after[i] - background)[:, disc].sum().item())
+        assert mass_out == pytest.approx(mass_in, rel=0.03), angle
+        if abs(angle) >= 3:
+            assert (after[i] - before[i]).abs().max() > 0.5, angle
+
+
+def _dc_reference(x, op, arg):
+    """DC's augment (DatasetCondensation utils.py cropfun / scalefun) image by image, for the
+    crop and scale operations: padding and cutting, F.interpolate and centring."""
+    n, c, h, w = x.shape
+    mean = x.mean(dim=(0, 2, 3))
+    out = x.clone()
+    for i in range(n):
+        if op[i] == 0:
+            pad = 8
+            big = mean.view(c, 1, 1).repeat(1, h + 2 * pad, w + 2 * pad)
+            big[:, pad:pad + h, pad:pad + w] = x[i]
+            dy, dx = int(arg[i, 0]), int(arg[i, 1])
+            out[i] = big[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+        elif op[i] == 1:
+            sh, sw = int(arg[i, 0]), int(arg[i, 1])
+            small = F.interpolate(x[i:i + 1], [sh, sw])[0]
+            m = max(sh, sw, h, w)
+            canvas = torch.zeros(c, m, m)
+            canvas[:, (m - sh) // 2:(m - sh) // 2 + sh, (m - sw) // 2:(m - sw) // 2 + sw] = small
+            out[i] = canvas[:, (m - h) // 2:(m - h) // 2 + h, (m - w) // 2:(m - w) // 2 + w]
+    return out
+
+
+def test_dc_crop_and_scale_are_dc_pixel_for_pixel():
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, 28, 28)
+    plan, before, after = _dc_batch(x, {"strategy": ["crop", "scale"]}, seed=5)
+    op, arg = plan["dc_op"].long(), plan["dc_arg"].long()
+    assert set(op.tolist()) == {0, 1}
+    assert torch.equal(after, _dc_reference(before, op, arg))
+
+
+def test_dc_changes_each_image_by_exactly_one_operation():
+    """With crop, scale and rotate, each image is what its own operation alone makes of it."""
+    from teddy.student_data import apply_dc_augment
+
+    x = _blob(30)
+    x = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    plan, before, after = _dc_batch(x, {}, seed=2)
+    op, arg = plan["dc_op"].long(), plan["dc_arg"]
+    assert set(op.tolist()) == {0, 1, 2}
+    for code in range(3):  # the whole batch given one operation, the same arguments
+        alone = apply_dc_augment(before, torch.full_like(op, code), arg, {code})
+        mine = op == code
+        assert torch.equal(after[mine], alone[mine]), code
+        others = [k for k in range(3) if k != code]
+        for k in others:  # and not what another operation makes of it (for a non-trivial argument)
+            other = apply_dc_augment(before, torch.full_like(op, k), arg, {k})
+            moved = (after - other).flatten(1).abs().amax(1) > 1e-4
+            assert moved[mine & (arg[:, 0] != 0)].all(), (code, k)
+    assert ((after - before).flatten(1).abs().amax(1) > 0)[arg.abs().sum(1) > 0].all()
+
+
+def test_dc_noise_adds_gaussian_noise_of_its_standard_deviation():
+    x = torch.zeros(64, 1, 28, 28)
+    plan, before, after = _dc_batch(x, {"strategy": ["noise"], "noise": 0.5})
+    assert (plan["dc_op"] == 3).all()
+    assert after.std().item() == pytest.approx(0.5, rel=0.02) and abs(after.mean().item()) < 0.01
+
+
+def _dsa_batch(x, strategy, seed=0, **params):
+    plan = plan_epoch(len(x), len(x), x.shape[-1], {"crop": False, "flip": False,
+                                                     "dsa": {"strategy": strategy, **params}},
+                      torch.Generator().manual_seed(seed))
+    data = TensorImageDataset(x, torch.zeros(len(x), dtype=torch.long), ["a"])
+    (mb,) = StudentData(data, x.shape[-1], CPU).epoch(plan)
+    return plan, x[plan["order"].long()], mb.x
+
+
+def test_dsa_families_do_what_diffaugment_does():
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 28, 28)
+    # colour: brightness, saturation and contrast with the drawn per-sample factors
+    plan, before, after = _dsa_batch(x, "color")
+    p = plan["dsa_param"]
+    assert (p[:, 0].abs() <= 0.5).all() and (p[:, 1] <= 2.0).all() and ((p[:, 2] >= 0.5) & (p[:, 2] <= 1.5)).all()
+    y = before + p[:, 0].view(-1, 1, 1, 1)
+    y = (y - y.mean(1, keepdim=True)) * p[:, 1].view(-1, 1, 1, 1) + y.mean(1, keepdim=True)
+    y = (y - y.mean((1, 2, 3), keepdim=True)) * p[:, 2].view(-1, 1, 1, 1) + y.mean((1, 2, 3), keepdim=True)
+    assert torch.allclose(after, y, atol=1e-5)
+    # crop: a shift of at most int(28 x 0.125 + 0.5) = 4 pixels, zeros entering
+    plan, before, after = _dsa_batch(x, "crop")
+    shift = plan["dsa_param"][:, :2].long()
+    assert shift.abs().max() == 4
+    for i, (dy, dx) in enumerate(shift.tolist()):
+        expected = torch.zeros(3, 40, 40)
+        expected[:, 6 - dy:34 - dy, 6 - dx:34 - dx] = before[i]
+        assert torch.equal(after[i], expected[:, 6:34, 6:34])
+    # cutout: a square of side int(28 x 0.5 + 0.5) = 14 set to zero, clipped at the border
+    plan, before, after = _dsa_batch(x, "cutout")
+    box = plan["dsa_param"].long()
+    assert ((box[:, 2] - box[:, 0]) == 14).all() and ((box[:, 3] - box[:, 1]) == 14).all()
+    for i, (r0, c0, r1, c1) in enumerate(box.tolist()):
+        inside = torch.zeros(28, 28, dtype=torch.bool)
+        inside[max(r0, 0):r1, max(c0, 0):c1] = True
+        assert (after[i][:, inside] == 0).all() and torch.equal(after[i][:, ~inside], before[i][:, ~inside])
+    # flip: about half the images mirrored
+    plan, before, after = _dsa_batch(x, "flip")
+    flipped = plan["dsa_param"][:, 0] > 0.5
+    assert 0 < flipped.sum() < 16
+    assert torch.equal(after[flipped], before[flipped].flip(-1)) and torch.equal(after[~flipped], before[~flipped])
+    # scale and rotate: DSA's affine matrices, bilinear, zeros outside
+    plan, before, after = _dsa_batch(x, "scale")
+    s = plan["dsa_param"][:, :2]
+    assert (s >= 1 / 1.2).all() and (s <= 1.2).all()
+    theta = torch.zeros(16, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = s[:, 0], s[:, 1]
+    expected = F.grid_sample(before, F.affine_grid(theta, list(before.shape), align_corners=False), align_corners=False)
+    assert torch.allclose(after, expected, atol=1e-6)
+    plan, before, after = _dsa_batch(x, "rotate")
+    angle = plan["dsa_param"][:, 0]
+    assert (angle.abs() <= 15 / 180 * torch.pi + 1e-6).all() and (plan["dsa_param"][:, 1:] == 0).all()
+    theta = torch.stack([torch.stack([angle.cos(), -angle.sin(), torch.zeros(16)], 1),
+                         torch.stack([angle.sin(), angle.cos(), torch.zeros(16)], 1)], 1)
+    expected = F.grid_sample(before, F.affine_grid(theta, list(before.shape), align_corners=False), align_corners=False)
+    assert torch.allclose(after, expected, atol=1e-6)
+
+
+def test_dsa_draws_one_family_per_batch_from_its_strategy():
+    from teddy.student_data import DSA_FAMILIES
+
+    plan = plan_epoch(400, 4, 28, {"crop": False, "flip": False, "dsa": {"strategy": "color_crop_cutout_scale_rotate"}},
+                      torch.Generator().manual_seed(0))
+    names = [DSA_FAMILIES[int(f)] for f in plan["dsa_family"]]
+    assert set(names) == {"color", "crop", "cutout", "scale", "rotate"}  # no flip: MNIST's strategy
+    # one gray image per batch: colour's saturation is a no-op on one channel, but each batch is changed
+    x = _blob(400)
+    data = TensorImageDataset(x, torch.zeros(400, dtype=torch.long), ["a"])
+    for mb in StudentData(data, 28, CPU).epoch(plan):
+        assert mb.x.shape == (4, 1, 28, 28) and not torch.equal(mb.x, x[:4])
+
+
+@pytest.mark.parametrize("augment", ["dc_augment_noise", "dsa_cutmix"])
+def test_stored_labels_replay_the_benchmark_augmentations(tmp_path, augment):
+    """The plan's new fields go into the store's epoch files, and the student reading them
+    trains as the online-KD student does."""
+    from teddy.data import DatasetInfo
+    from teddy.label_store import LabelStore, epoch_path, write_label_store
+    from teddy.models import build_model
+    from teddy.train import fit, targets_for
+
+    meta = _png_set(tmp_path / "set", n_per_class=4, classes=3, channels=1, size=16)
+    placements = _three_placements(tmp_path / "set/meta.json")
+    info = DatasetInfo("x", 3, 1, 16, tuple(meta["mean"]), tuple(meta["std"]))
+    recipe = {"epochs": 2, "batch_size": 5, "optimizer": "adamw", "lr": 1e-2, "temperature": 4.0,
+              "hard_label_weight": 0.5, "augment": AUGMENTS[augment]}
+
+    def run(data, **targets):
+        torch.manual_seed(2)
+        student = build_model("convnet", 3, 1, 16, depth=1, width=4)
+        return [h["loss"] for h in fit(student, data, recipe, CPU, seed=3, targets=targets_for(**targets), info=info)]
+
+    torch.manual_seed(1)
+    teacher = build_model("convnet", 3, 1, 16, depth=2, width=4).eval()
+    online = run(placements["memory"], teacher=teacher)
+    store = tmp_path / "store/meta.json"
+    write_label_store(store, placements["streamed"], teacher, recipe, 3, CPU, set_hash=meta["set_hash"],
+                      num_classes=3, image_size=16, logits_dtype=torch.float32)
+    saved = torch.load(epoch_path(store.parent, 0), weights_only=False)
+    assert {"dc_op", "dc_arg", "dc_noise_seed"} <= set(saved) if augment.startswith("dc") else "dsa_param" in saved
+    labels = LabelStore(store, set_hash=meta["set_hash"], recipe=recipe, seed=3, chunks=1, num_images=12,
+                        num_classes=3)
+    assert run(placements["device"], label_store=labels) == online

@@ -4,7 +4,10 @@ built from it, in memory or through DataLoader workers.
 An epoch plan is a dict of flat tensors, drawn from one seeded generator in the main process:
 the shuffled image order, one random-resized-crop box per image (relative coordinates, so the
 same box applies to a 28-pixel tensor or a full-resolution JPEG), a flip per image, a shift per
-batch and, as config switches, CutMix or Mixup per batch. The same plan drives the online-KD
+batch and, as config switches, CutMix or Mixup per batch, and the augmentations of the DC and
+DSA/DM benchmarks (`dc_augment`: one of crop, scale, rotate, noise per image; `dsa`: one
+DiffAugment family per batch, parameters per image), drawn after everything else and only when
+set, so that plans without them are drawn as before. The same plan drives the online-KD
 student, the stored-label writer (teddy.label_store, which saves it beside the teacher's
 logits) and a student trained from stored labels, so all three see the very same pixels.
 
@@ -13,7 +16,8 @@ A distilled set lies in one of three places (`load_student_set`): as uint8 pixel
 normalised float32 tensors in host memory (TensorImageDataset, within evaluate.in_memory_max_mb),
 or as PNGs decoded by DataLoader workers (persistent, pinned memory on CUDA). All three take the
 same path to a batch (StudentData.epoch): gathered, on the device, normalised, every image
-cropped to its own box in one torchvision.ops.roi_align call, flipped, shifted and mixed, so the
+cropped to its own box in one torchvision.ops.roi_align call, flipped, shifted, given the DC or
+DSA augmentation (index gathers and affine_grid/grid_sample over the batch) and mixed, so the
 same plan gives the same batches bit for bit on one device, and a label store written on one
 placement serves the others. ImageFolder trees of real images (base training) are cropped from
 the full-resolution image inside the workers. Without `crop`, ImageFolder items keep the
@@ -24,6 +28,9 @@ Followed: SRe2L's and RDED's student recipes (RandomResizedCrop with the dataset
 flip, CutMix with the box-area label weight of Yun et al. 2019, Mixup of Zhang et al. 2018),
 read in VILA-Lab/SRe2L and LINs-lab/RDED; the crop sampling is torchvision's
 RandomResizedCrop.get_params without its retry loop (the box is clamped to the image instead).
+The DC and DSA augmentations follow VICO-UoE/DatasetCondensation utils.py (`augment` with
+`get_daparam`'s values; `DiffAugment` with `ParamDiffAug`'s), as its evaluate_synset applies
+them to every training batch; see draw_dc_augment and draw_dsa.
 """
 
 from __future__ import annotations
@@ -92,16 +99,153 @@ def draw_mix(n: int, image_size: int, cfg: dict, chunks: int, generator: torch.G
     return kind, lam, box, perm
 
 
+# --- the DC and DSA benchmark augmentations (drawn into the plan) -----------------------------
+#
+# VICO-UoE/DatasetCondensation utils.py: `augment` with the parameters of `get_daparam` (DC's
+# evaluation; MNIST: strategy crop_scale_rotate, so the noise parameter is set but unused), and
+# `DiffAugment` with `ParamDiffAug` (DSA's and DM's evaluation: main.py / main_DM.py call it on
+# every training batch with seed -1, i.e. not Siamese: one family per batch, parameters per
+# sample). Their random numbers come from numpy's and torch's global generators there; here
+# they are drawn from the plan's generator, in the same distributions.
+
+DC_OPS = ("crop", "scale", "rotate", "noise")
+DSA_FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+# get_daparam (utils.py): crop 4 px, scale 0.2, rotate 45 deg, noise 0.001; MNIST's strategy
+DC_DEFAULTS = {"strategy": ["crop", "scale", "rotate"], "crop": 4, "scale": 0.2, "rotate": 45, "noise": 0.001}
+# ParamDiffAug (utils.py); the strategy is the --dsa_strategy of the repository's readme commands
+# (main.py --method DSA, main_DM.py, CIFAR10); the readme drops flip for MNIST and SVHN
+DSA_DEFAULTS = {"strategy": "color_crop_cutout_flip_scale_rotate", "scale": 1.2, "rotate": 15.0, "crop": 0.125,
+                "cutout": 0.5, "brightness": 1.0, "saturation": 2.0, "contrast": 0.5}
+DSA_FLIP_PROBABILITY = 0.5  # ParamDiffAug.prob_flip
+
+
+def check_benchmark_augment(cfg: dict) -> None:
+    """A section with dc_augment or dsa states crop and flip: their defaults (on) would add
+    SRe2L's crop and flip to a benchmark augmentation without anyone having written it."""
+    if not cfg or (cfg.get("dc_augment") is None and cfg.get("dsa") is None):
+        return
+    missing = [k for k in ("crop", "flip") if k not in cfg]
+    if missing:
+        raise TeddyError(f"augment with dc_augment or dsa must state {' and '.join(missing)} "
+                         f"(false for the DC/DSA benchmarks, which apply nothing else)")
+
+
+def dc_settings(cfg: dict) -> dict:
+    s = {**DC_DEFAULTS, **(cfg or {})}
+    unknown = sorted(set(s) - set(DC_DEFAULTS)) + [op for op in s["strategy"] if op not in DC_OPS]
+    if unknown or not s["strategy"]:
+        raise TeddyError(f"augment.dc_augment: unknown key or operation {unknown} (operations: {', '.join(DC_OPS)})")
+    if "crop" in s["strategy"] and int(s["crop"]) < 1:
+        raise TeddyError("augment.dc_augment: crop (padding in pixels) must be at least 1 with the crop operation")
+    return s
+
+
+def dsa_settings(cfg: dict) -> dict:
+    s = {**DSA_DEFAULTS, **(cfg or {})}
+    families = [f for f in str(s["strategy"]).split("_") if f]
+    unknown = sorted(set(s) - set(DSA_DEFAULTS)) + [f for f in families if f not in DSA_FAMILIES]
+    if unknown or not families:
+        raise TeddyError(f"augment.dsa: unknown key or family {unknown} (families: {', '.join(DSA_FAMILIES)})")
+    return {**s, "families": families}
+
+
+def draw_dc_augment(bounds: list[int], image_size: int, cfg: dict, generator: torch.Generator) -> dict:
+    """DC's per-image augmentation (DatasetCondensation utils.py `augment`), drawn for the
+    plan's images: one operation per image, uniform over the strategy (np.random.permutation(
+    augs)[0] there), and its integer arguments, `dc_arg` [N, 2]:
+    crop: the shift (dy, dx) of the window cut from the image padded by `crop` pixels, whose
+          corner is uniform in [0, 2 crop) (permutation(crop*2)[0]), so a shift in [-crop, crop);
+    scale: the resized height and width, int(U(1 - scale, 1 + scale) x size) each (`scalefun`);
+    rotate: the angle in whole degrees, uniform in [-rotate, rotate) (np.random.randint).
+    Every family's arguments are drawn for every image (in DC_OPS order), then the chosen
+    one's kept. With noise in the strategy, one seed per batch for the noise (`dc_noise_seed`)."""
+    s = dc_settings(cfg)
+    n, size = int(bounds[-1]), int(image_size)
+    codes = torch.tensor([DC_OPS.index(op) for op in s["strategy"]])
+    op = codes[torch.randint(0, len(codes), (n,), generator=generator)]
+    arg = torch.zeros(n, 2, dtype=torch.int64)
+    if "crop" in s["strategy"]:
+        crop = int(s["crop"])
+        shift = torch.randint(0, 2 * crop, (n, 2), generator=generator) - crop
+        arg = torch.where((op == DC_OPS.index("crop")).view(-1, 1), shift, arg)
+    if "scale" in s["strategy"]:
+        scale = float(s["scale"])
+        hw = (torch.empty(n, 2, dtype=torch.float64).uniform_(1 - scale, 1 + scale, generator=generator)
+              * size).floor().long().clamp(min=1)
+        arg = torch.where((op == DC_OPS.index("scale")).view(-1, 1), hw, arg)
+    if "rotate" in s["strategy"]:
+        rotate = int(s["rotate"])
+        angle = (torch.randint(-rotate, rotate, (n,), generator=generator) if rotate > 0
+                 else torch.zeros(n, dtype=torch.long))
+        arg[:, 0] = torch.where(op == DC_OPS.index("rotate"), angle, arg[:, 0])
+    plan = {"dc_op": op.to(torch.int8), "dc_arg": arg.to(torch.int16)}
+    if "noise" in s["strategy"]:
+        plan["dc_noise"] = float(s["noise"])
+        plan["dc_noise_seed"] = torch.randint(0, 2**62, (len(bounds) - 1,), generator=generator)
+    return plan
+
+
+def draw_dsa(bounds: list[int], image_size: int, cfg: dict, generator: torch.Generator) -> dict:
+    """DSA's DiffAugment as DSA/DM evaluate (DatasetCondensation utils.py `DiffAugment`,
+    aug_mode 'S', seed -1): per batch one family, uniform over the strategy's families
+    (`dsa_family`, an index into DSA_FAMILIES), then that family's per-sample parameters,
+    `dsa_param` [N, 4], as the functions of utils.py draw them:
+    color   (rand_brightness, rand_saturation, rand_contrast, in that order): the added
+            brightness (U - 0.5) x brightness, the saturation factor U x saturation, the
+            contrast factor U + contrast;
+    crop    (rand_crop): the shift (rows, columns), each uniform in [-s, s] with
+            s = int(size x crop + 0.5);
+    cutout  (rand_cutout): the zeroed square's rows and columns [r0, r1) x [c0, c1), of side
+            int(size x cutout + 0.5), centre uniform in [0, size + 1 - side % 2);
+    flip    (rand_flip): 1 where U < 0.5;
+    scale   (rand_scale): the affine factors sx, sy, each U x (scale - 1/scale) + 1/scale;
+    rotate  (rand_rotate): the angle (U - 0.5) x 2 x rotate degrees, in radians."""
+    s = dsa_settings(cfg)
+    size = int(image_size)
+    families, params = [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        n = hi - lo
+        family = s["families"][int(torch.randint(0, len(s["families"]), (1,), generator=generator))]
+        p = torch.zeros(n, 4)
+        u = lambda: torch.rand(n, generator=generator)  # noqa: E731
+        if family == "color":
+            p[:, 0] = (u() - 0.5) * float(s["brightness"])
+            p[:, 1] = u() * float(s["saturation"])
+            p[:, 2] = u() + float(s["contrast"])
+        elif family == "crop":
+            shift = int(size * float(s["crop"]) + 0.5)
+            p[:, :2] = torch.randint(-shift, shift + 1, (n, 2), generator=generator).float()
+        elif family == "cutout":
+            side = int(size * float(s["cutout"]) + 0.5)
+            centre = torch.randint(0, size + (1 - side % 2), (n, 2), generator=generator)
+            start = centre - side // 2
+            p[:] = torch.cat([start, start + side], dim=1).float()  # (r0, c0, r1, c1)
+        elif family == "flip":
+            p[:, 0] = u().lt(DSA_FLIP_PROBABILITY).float()
+        elif family == "scale":
+            ratio = float(s["scale"])
+            p[:, 0] = u() * (ratio - 1.0 / ratio) + 1.0 / ratio
+            p[:, 1] = u() * (ratio - 1.0 / ratio) + 1.0 / ratio
+        elif family == "rotate":
+            p[:, 0] = (u() - 0.5) * 2 * float(s["rotate"]) / 180 * math.pi
+        families.append(DSA_FAMILIES.index(family)), params.append(p)
+    return {"dsa_family": torch.tensor(families, dtype=torch.int8),
+            "dsa_param": torch.cat(params) if params else torch.zeros(0, 4)}
+
+
 def plan_epoch(num_images: int, batch_size: int, image_size: int, cfg: dict, generator: torch.Generator,
                chunks: int = 1) -> dict:
     """One epoch's plan (see the module docstring). The draw order (order, then per batch: crop
     boxes, flips, shift, mix) keeps runs without crop and mix identical to the earlier
-    batch-level augmentation of teddy.augment."""
+    batch-level augmentation of teddy.augment. Then, only when set: dc_augment's draws
+    (draw_dc_augment: fields dc_op, dc_arg, and dc_noise, dc_noise_seed with noise), then dsa's
+    (draw_dsa: dsa_family, dsa_param)."""
     order = torch.randperm(num_images, generator=generator)
     starts = list(range(0, num_images, batch_size))
     if chunks > 1:  # every process and accumulation step needs at least one image
         starts = [s for s in starts if min(batch_size, num_images - s) >= chunks]
     # an empty augment section means none; otherwise teddy.augment's defaults (crop, scale 0.5-1, flip)
+    check_benchmark_augment(cfg)
     crop = bool(cfg) and bool(cfg.get("crop", True)) and cfg.get("crop_scale", [0.5, 1.0])[0] < 1.0
     boxes, flips, shifts, kinds, lams, mix_boxes, perms, bounds = [], [], [], [], [], [], [], [0]
     max_shift = int(cfg.get("max_shift", 0))
@@ -117,6 +261,13 @@ def plan_epoch(num_images: int, batch_size: int, image_size: int, cfg: dict, gen
         kinds.append(kind), lams.append(lam), mix_boxes.append(box), perms.append(perm)
         bounds.append(bounds[-1] + n)
     order = torch.cat([order[s:s + min(batch_size, num_images - s)] for s in starts]) if starts else order[:0]
+    # the benchmark augmentations draw after everything above, and only when set: the draws of
+    # a plan without them, and the fields above of a plan with them, are unchanged
+    extra = {}
+    if cfg and cfg.get("dc_augment") is not None:
+        extra.update(draw_dc_augment(bounds, image_size, cfg["dc_augment"], generator))
+    if cfg and cfg.get("dsa") is not None:
+        extra.update(draw_dsa(bounds, image_size, cfg["dsa"], generator))
     return {"order": order.int(), "bounds": torch.tensor(bounds, dtype=torch.int32),
             "boxes": torch.cat(boxes) if boxes else None,
             "flip": torch.cat(flips) if flips else torch.zeros(0, dtype=torch.bool),
@@ -124,7 +275,7 @@ def plan_epoch(num_images: int, batch_size: int, image_size: int, cfg: dict, gen
             "mix_kind": torch.tensor(kinds, dtype=torch.int8), "mix_lam": torch.tensor(lams, dtype=torch.float32),
             "mix_box": torch.tensor(mix_boxes, dtype=torch.int16).view(-1, 4),
             "mix_perm": torch.cat(perms).int() if perms else torch.zeros(0, dtype=torch.int32),
-            "chunks": int(chunks)}
+            "chunks": int(chunks), **extra}
 
 
 def plan_batches(plan: dict) -> int:
@@ -168,6 +319,120 @@ def apply_mix(x: torch.Tensor, kind: int, lam: float, box, local_perm: torch.Ten
     x = x.clone()
     x[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
     return x
+
+
+def _index_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Per-image integer resampling: out[i, :, y, x] = x[i, :, rows[i, y], cols[i, x]] where both
+    indices lie inside the image, else fill[i] ([n, C] or broadcastable). One gather for the
+    whole batch: integer shifts and nearest-neighbour resizes exactly, without interpolation."""
+    n, c, h, w = x.shape
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    index = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]
+    picked = x.flatten(2).gather(2, index.flatten(1)[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
+    return torch.where(inside[:, None], picked, fill.view(n, c, 1, 1) if fill.dim() == 2 else fill)
+
+
+def _affine_sample(x: torch.Tensor, theta: torch.Tensor, mode: str, fill=None) -> torch.Tensor:
+    """grid_sample of x on affine_grid(theta) (align_corners False, zeros outside, as DSA's
+    rand_scale and rand_rotate call them); with `fill`, the outside is `fill` instead of 0."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    if fill is None:
+        return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x - fill, grid, mode=mode, padding_mode="zeros", align_corners=False) + fill
+
+
+def _rotation(angle: torch.Tensor) -> torch.Tensor:
+    """affine_grid matrices [n, 2, 3] of a rotation by `angle` (radians) about the image centre,
+    the matrix of DSA's rand_rotate."""
+    cos, sin = angle.cos(), angle.sin()
+    zero = torch.zeros_like(angle)
+    return torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+
+
+def apply_dc_augment(x: torch.Tensor, op: torch.Tensor, arg: torch.Tensor, used, noise=None) -> torch.Tensor:
+    """DC's `augment` (DatasetCondensation utils.py) on normalised images, each by its own
+    operation `op` (codes of DC_OPS) with its arguments `arg` (see draw_dc_augment); `used` (host
+    side: the codes present in the epoch) skips work for absent operations without asking the
+    device. Fill values are DC's: the per-channel mean of the batch (here: of the micro-batch)
+    around a crop, zeros around a shrunk image, the mean of those channel means in a rotation's
+    corners.
+    crop:   the image padded with the channel means, cut at the drawn shift (`cropfun`), exact;
+    scale:  nearest-neighbour resize to (h, w) (F.interpolate's default, floor(j x size / h)),
+            centred on a zero canvas of side max(h, w, size) and centre-cut back (`scalefun`), exact;
+    rotate: about the image centre, bicubic grid_sample (DC: scipy.ndimage.rotate, cubic spline,
+            reshape=True, then the centre cut: the same rotation up to the interpolation kernel
+            and a half pixel of centring when the rotated canvas has an odd surplus);
+    noise:  plus noise x N(0, 1) (`noisefun`), the normal numbers given as `noise` [n, C, H, W]."""
+    n, c, h, w = x.shape
+    if n == 0:
+        return x
+    op, arg = op.long(), arg.long()
+    out = x
+    if {DC_OPS.index("crop"), DC_OPS.index("scale")} & set(used):
+        mean = x.mean(dim=(0, 2, 3))  # cropfun's pad value: torch.mean(images[:, c]) of the batch
+        ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        is_crop = (op == DC_OPS.index("crop")).view(-1, 1)
+        # crop: output pixel (y, x) is the input's (y + dy, x + dx)
+        rows, cols = ys + arg[:, :1], xs + arg[:, 1:]
+        # scale: resized (sh, sw) placed at (m - sh) // 2 of an m-canvas, m = max(sh, sw, h, w), cut at (m - h) // 2
+        sh, sw = arg[:, :1].clamp(min=1), arg[:, 1:].clamp(min=1)
+        m = torch.maximum(torch.maximum(sh, sw), torch.full_like(sh, max(h, w)))
+        j = ys + (m - h) // 2 - (m - sh) // 2  # row of the resized image
+        k = xs + (m - w) // 2 - (m - sw) // 2
+        # F.interpolate nearest: source = min(floor(j x (float) in / out), in - 1), in float32
+        src_r = torch.floor(j.float() * (h / sh.float())).long().clamp(max=h - 1)
+        src_c = torch.floor(k.float() * (w / sw.float())).long().clamp(max=w - 1)
+        src_r, src_c = torch.where((j >= 0) & (j < sh), src_r, -1), torch.where((k >= 0) & (k < sw), src_c, -1)
+        rows, cols = torch.where(is_crop, rows, src_r), torch.where(is_crop, cols, src_c)
+        fill = torch.where(is_crop, mean.view(1, -1), torch.zeros_like(mean).view(1, -1))
+        moved = _index_sample(x, rows, cols, fill)
+        picked = (op == DC_OPS.index("crop")) | (op == DC_OPS.index("scale"))
+        out = torch.where(picked.view(-1, 1, 1, 1), moved, out)
+    if DC_OPS.index("rotate") in used:
+        fill = x.mean(dim=(0, 2, 3)).mean()  # rotatefun's cval: np.mean of the channel means
+        angle = arg[:, 0].to(x.dtype) * (math.pi / 180)
+        turned = _affine_sample(x, _rotation(angle), "bicubic", fill)
+        out = torch.where((op == DC_OPS.index("rotate")).view(-1, 1, 1, 1), turned, out)
+    if DC_OPS.index("noise") in used and noise is not None:
+        out = torch.where((op == DC_OPS.index("noise")).view(-1, 1, 1, 1), x + noise.to(x.device, x.dtype), out)
+    return out
+
+
+def apply_dsa(x: torch.Tensor, family: int, param: torch.Tensor) -> torch.Tensor:
+    """DSA's DiffAugment family `family` (an index into DSA_FAMILIES) with per-sample `param`
+    (see draw_dsa), as the functions of DatasetCondensation utils.py compute it: colour on the
+    normalised values (brightness added; saturation about the mean over channels, a no-op on
+    one channel; contrast about the image mean), crop a shift with zeros entering (rand_crop),
+    cutout zeros a square (rand_cutout), flip the last axis, scale and rotate bilinear
+    grid_sample on affine_grid of DSA's matrices with zeros outside."""
+    n, c, h, w = x.shape
+    if n == 0:
+        return x
+    name = DSA_FAMILIES[int(family)]
+    p = param.to(x.device, x.dtype)
+    if name == "color":
+        x = x + p[:, 0].view(-1, 1, 1, 1)
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * p[:, 1].view(-1, 1, 1, 1) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return (x - mean) * p[:, 2].view(-1, 1, 1, 1) + mean
+    if name == "crop":
+        shift = p[:, :2].round().long()
+        ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        return _index_sample(x, ys + shift[:, :1], xs + shift[:, 1:], torch.zeros((), device=x.device, dtype=x.dtype))
+    if name == "cutout":
+        box = p.round().long()
+        ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        inside = (((ys >= box[:, :1]) & (ys < box[:, 2:3]))[:, :, None]
+                  & ((xs >= box[:, 1:2]) & (xs < box[:, 3:4]))[:, None, :])
+        return x * (~inside).to(x.dtype)[:, None]
+    if name == "flip":
+        return torch.where(p[:, 0].view(-1, 1, 1, 1) > 0.5, x.flip(-1), x)
+    if name == "scale":
+        zero = torch.zeros_like(p[:, 0])
+        theta = torch.stack([torch.stack([p[:, 0], zero, zero], 1), torch.stack([zero, p[:, 1], zero], 1)], 1)
+        return _affine_sample(x, theta, "bilinear")
+    return _affine_sample(x, _rotation(p[:, 0]), "bilinear")  # rotate
 
 
 def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, batch: "MicroBatch") -> torch.Tensor:
@@ -307,9 +572,10 @@ class StudentData:
     One code path for every source: the images of a micro-batch are gathered (host tensors of
     TensorImageDataset; uint8 pixels of a PixelSet, on its device; or decoded by DataLoader
     workers), moved to `device`, normalised when they are pixels, then cropped (one roi_align),
-    flipped, shifted and mixed on `device`. The plan's per-image tensors go to the device once
-    per epoch, so a step does no host round trip. ImageFolder trees of real images are the one
-    exception: their crops are taken from the full-resolution image in the workers."""
+    flipped, shifted, given the DC or DSA augmentation and mixed on `device`. The plan's
+    per-image tensors go to the device once per epoch, so a step does no host round trip.
+    ImageFolder trees of real images are the one exception: their crops are taken from the
+    full-resolution image in the workers."""
 
     def __init__(self, dataset, image_size: int, device: torch.device, *, mean=None, std=None,
                  num_workers: int = 0, rank: int = 0, world: int = 1, accumulate: int = 1):
@@ -344,6 +610,17 @@ class StudentData:
         mean, std = self.pixel_stats
         return (pixels.float().div_(255.0) - mean) / std
 
+    @staticmethod
+    def _dc_noise(plan: dict, step: int, lo: int, hi: int, span: slice, x: torch.Tensor):
+        """The normal numbers of DC's noise operation for a micro-batch: drawn for the whole batch
+        on the host from the batch's plan seed, then sliced, so placements, devices and chunkings
+        agree; None without the noise operation."""
+        if plan.get("dc_noise_seed") is None:
+            return None
+        g = torch.Generator().manual_seed(int(plan["dc_noise_seed"][step]))
+        normal = torch.randn(hi - lo, *x.shape[1:], generator=g)[span.start - lo:span.stop - lo]
+        return float(plan["dc_noise"]) * normal
+
     def epoch(self, plan: dict):
         """Yield the MicroBatch of every step of the plan that belongs to this process."""
         if plan["chunks"] != self.world * self.accumulate:
@@ -361,6 +638,11 @@ class StudentData:
         crop = boxes is not None and self.source != "folder"  # folder items come cropped from the workers
         boxes_dev = boxes.to(dev) if crop else None
         flips, perms = plan["flip"].to(dev), plan["mix_perm"].to(dev).long()
+        dc = plan.get("dc_op") is not None
+        if dc:  # which operations occur is read on the host, once an epoch
+            dc_op, dc_arg, dc_used = plan["dc_op"].to(dev), plan["dc_arg"].to(dev), set(plan["dc_op"].unique().tolist())
+        dsa = plan.get("dsa_family") is not None
+        dsa_param = plan["dsa_param"].to(dev) if dsa else None
         if self.source == "tensor":
             order = plan["order"].long()
             raw = ((self.dataset.images[order[span]], self.dataset.targets[order[span]]) for *_, span in jobs)
@@ -379,6 +661,10 @@ class StudentData:
             if crop:
                 x = roi_crop(x, boxes_dev[span])
             x = flip_and_shift(x, flips[span], plan["shift"][step].tolist())
+            if dc:
+                x = apply_dc_augment(x, dc_op[span], dc_arg[span], dc_used, self._dc_noise(plan, step, lo, hi, span, x))
+            if dsa:
+                x = apply_dsa(x, int(plan["dsa_family"][step]), dsa_param[span])
             kind, lam = int(plan["mix_kind"][step]), float(plan["mix_lam"][step])
             local_perm = perms[span] - (span.start - lo) if len(pos) else perms[span]
             x = apply_mix(x, kind, lam, plan["mix_box"][step].tolist(), local_perm)
