@@ -1,11 +1,12 @@
-# Stage 6: the paper's tables (blocks per student and label protocol, ceiling first, published
-# rows beside ours), the efficiency table and accuracy-vs-IPC plots, all marked for
+# Stage 6: the paper's tables (a block per student and evaluation protocol: ceiling first, then
+# ours, then published rows of the same protocol; the others listed apart), the efficiency table and accuracy-vs-IPC plots, all marked for
 # `snakemake --report report.html` (captions in workflow/report/).
 rule aggregate:
     input:
         evals=EVAL_JSONS,
         ceilings=CEILING_JSONS,
         manifests=[f"{R}/pool/{p}/manifest.csv" for p in used_pools()],
+        teacher=teacher_metrics(),
         published=PUBLISHED_FILES,
     output:
         csv=report(f"{R}/tables/accuracy.csv", caption="../report/accuracy_csv.rst", category="Tables"),

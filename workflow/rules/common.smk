@@ -130,6 +130,13 @@ def soft_labels_if_stored(wildcards):
             f"seed{wildcards.seed}/meta.json"]
 
 
+def teacher_metrics():
+    """The base model's metrics (its test accuracy heads the tables) when the DAG trains one: a
+    kd protocol's teacher, or a method reading a pool."""
+    kd = any(p["labels"] == "kd" for p in PROTOCOLS.values())
+    return [f"{R}/base/{BASE_ARCH}/metrics.json"] if kd or used_pools() else []
+
+
 def used_pools():
     """Pools with members on disk (and so a manifest); a `fresh` pool has neither."""
     pools = {r["pool"] for r in config["distill"]["methods"].values() if r.get("pool")}

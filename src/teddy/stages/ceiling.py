@@ -24,7 +24,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
     protocol = load_protocol(name, protocols_dir(cfg))
     recipe = whole_set_recipe(protocol, cfg["ceiling"]["epochs"])
     recipe.pop("batch_size_doubled_from_classes", None)
-    return {"dataset": dataset_settings(cfg), "protocol": name, "recipe": student_recipe_settings(recipe),
+    return {"dataset": dataset_settings(cfg), "protocol": name, "recipe": student_recipe_settings(recipe, cfg["evaluate"]),
             "model": student_spec(cfg, protocol, arch), "arch": arch,
             "labels": "online_kd" if protocol["labels"] == "kd" else "hard", "seed": int(wildcards["seed"])}
 

@@ -74,8 +74,14 @@ def distill_speed(distill: dict) -> dict:
 STUDENT_SPEED_KEYS = ("compile",)
 
 
-def student_recipe_settings(recipe: dict) -> dict:
-    return {k: v for k, v in recipe.items() if k not in STUDENT_SPEED_KEYS}
+def student_recipe_settings(recipe: dict, evaluate: dict | None = None) -> dict:
+    """A student recipe as a stage records it: without the speed keys, with the config's
+    evaluate.amp / channels_last added where set (they act on CUDA and change the numbers a little)."""
+    out = {k: v for k, v in recipe.items() if k not in STUDENT_SPEED_KEYS}
+    for key in ("amp", "channels_last"):
+        if (evaluate or {}).get(key):
+            out[key] = True
+    return out
 
 
 def dataset_settings(cfg: dict) -> dict:

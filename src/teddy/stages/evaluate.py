@@ -39,7 +39,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
         raise TeddyError(f"protocol '{name}' does not evaluate student '{arch}' (it evaluates "
                          f"{sorted(protocol['students'])})")
     return {"dataset": dataset_settings(cfg), "protocol": name,
-            "recipe": student_recipe_settings(cell_recipe(protocol, ipc)), "keep_topk": ev["keep_topk"],
+            "recipe": student_recipe_settings(cell_recipe(protocol, ipc), ev), "keep_topk": ev["keep_topk"],
             "processes": ev["processes"], "gpus_per_job": int(cfg["gpus_per_job"]),
             "model": student_spec(cfg, protocol, arch), "method": str(wildcards["method"]), "ipc": ipc,
             "arch": arch, "labels": labels_of(protocol, ev["teacher_outputs"]), "seed": int(wildcards["seed"])}

@@ -21,7 +21,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
     name, ipc = str(wildcards["protocol"]), int(wildcards["ipc"])
     protocol = load_protocol(name, protocols_dir(cfg))
     return {"dataset": dataset_settings(cfg), "protocol": name,
-            "recipe": student_recipe_settings(cell_recipe(protocol, ipc)),
+            "recipe": student_recipe_settings(cell_recipe(protocol, ipc), ev),
             "keep_topk": ev["keep_topk"], "processes": ev["processes"], "gpus_per_job": int(cfg["gpus_per_job"]),
             "teacher": cfg["base"]["arch"], "method": str(wildcards["method"]), "ipc": ipc,
             "seed": int(wildcards["seed"]),
