@@ -14,9 +14,12 @@ import yaml
 from fixtures import REPO, job_counts, snakemake, write_cifar, write_image_folder
 from teddy.data import load_split
 from teddy.pool import member_names
-from teddy.shards import shard_count
+from teddy.protocols import cells
+from teddy.shards import method_ipcs, shard_count
 
-CONFIGS = sorted(str(p.relative_to(REPO / "config")) for p in (REPO / "config").rglob("*.yaml"))
+# every workflow config (config/protocols/ holds evaluation protocols, validated in tests/test_protocols.py)
+CONFIGS = sorted(str(p.relative_to(REPO / "config")) for p in (REPO / "config").rglob("*.yaml")
+                 if p.parent.name != "protocols")
 PAPER_CONFIGS = ["cifar10", "cifar100", "tiny_imagenet", "imagenet1k"]
 GPU_RULES = ("train_base", "pool_member", "distill", "evaluate")  # and train_prior where a pool has its own run
 
@@ -51,12 +54,13 @@ def gpus_by_rule(output: str) -> dict[str, set[int]]:
 def expected_counts(cfg: dict) -> dict[str, int]:
     methods = cfg["distill"]["methods"].values()
     pools = sorted({m["pool"] for m in methods if m.get("pool")})
-    n_ipc, n_methods = len(cfg["distill"]["ipc"]), len(cfg["distill"]["methods"])
-    shards = sum(shard_count(cfg, m, ipc) for m in cfg["distill"]["methods"] for ipc in cfg["distill"]["ipc"])
+    shards = sum(shard_count(cfg, m, ipc) for m in cfg["distill"]["methods"] for ipc in method_ipcs(cfg["distill"], m))
     counts = {"train_base": 1, "train_prior": sum(1 for p in pools if cfg["pools"][p].get("recipe")),
               "pool_member": sum(len(member_names(cfg["pools"][p])) for p in pools),
-              "pool_manifest": len(pools), "distill": shards, "gather": n_methods * n_ipc,
-              "evaluate": n_methods * n_ipc * len(cfg["evaluate"]["students"]) * len(cfg["evaluate"]["seeds"]),
+              "pool_manifest": len(pools), "distill": shards, "gather": sum(len(method_ipcs(cfg["distill"], m)) for m in cfg["distill"]["methods"]),
+              "evaluate": len(cells(cfg)) * len(cfg["evaluate"]["seeds"])
+              * sum(len(method_ipcs(cfg["distill"], m)) for m in cfg["distill"]["methods"]),
+              "ceiling": len(cells(cfg)) * len((cfg.get("ceiling") or {}).get("seeds", [0])) if cfg.get("ceiling") else 0,
               "aggregate": 1, "all": 1}
     return {k: v for k, v in counts.items() if v}
 
@@ -78,14 +82,24 @@ def check_paper_config(name: str, cfg: dict, out: str) -> None:
 def check_fashion_mnist_paper(name: str, cfg: dict, out: str) -> None:
     assert cfg["distill"]["ipc"] == [1, 10, 50] and len(cfg["evaluate"]["seeds"]) == 3
     assert set(cfg["distill"]["methods"]) == {"teddy", "sre2l", "herding", "random", "rded"}
-    assert set(cfg["evaluate"]["labels"]) == {"online_kd", "hard"}
+    assert cfg["evaluate"]["protocols"] == ["dc", "teddy_small_kd"]
     assert {"convnet", "resnet10_w16"} <= set(cfg["evaluate"]["students"])
     counts = job_counts(out)
-    # one evaluate job per label protocol once evaluate's output path has a {labels} level
-    per_protocol = "{labels}" in (REPO / "workflow" / "rules" / "evaluate.smk").read_text()
-    assert counts["evaluate"] == 5 * 3 * 2 * 3 * (2 if per_protocol else 1)
-    assert counts["ceiling"] == 2 * 2 and counts["distill"] == 15 and counts["aggregate"] == 1
+    # (convnet, dc), (convnet, teddy_small_kd), (resnet10_w16, teddy_small_kd): dc evaluates its ConvNet only
+    assert counts["evaluate"] == 5 * 3 * 3 * 3
+    assert counts["ceiling"] == 3 and counts["distill"] == 15 and counts["aggregate"] == 1
     assert counts["pool_member"] == 3  # prior epochs 1, 2 and the single base model
+
+
+def check_calibration(name: str, cfg: dict, out: str) -> None:
+    """Random subsets (5 at IPC 1 and 10, 3 at 50: one network each, as DC's experiments), herding
+    and the whole set, under the dc protocol (dc_mnist for MNIST)."""
+    counts = job_counts(out)
+    protocol = "dc_mnist" if name == "calibration_mnist" else "dc"
+    assert cfg["evaluate"]["protocols"] == [protocol] and cfg["evaluate"]["seeds"] == [0]
+    assert counts["evaluate"] == 5 + 5 + 3 + 3 and counts["ceiling"] == 1
+    assert f"eval/random_set4/ipc10/convnet/{protocol}/seed0.json" in out
+    assert "eval/random_set2/ipc50/" in out and "eval/random_set3/ipc50/" not in out
 
 
 def check_pool_ablation(name: str, cfg: dict, out: str) -> None:
@@ -97,7 +111,8 @@ def check_pool_ablation(name: str, cfg: dict, out: str) -> None:
 
 
 CHECKS = {**{f"{name}.yaml": check_paper_config for name in PAPER_CONFIGS},
-          "fashion_mnist_paper.yaml": check_fashion_mnist_paper, "ablations/pool.yaml": check_pool_ablation}
+          "fashion_mnist_paper.yaml": check_fashion_mnist_paper, "ablations/pool.yaml": check_pool_ablation,
+          "calibration.yaml": check_calibration, "calibration_mnist.yaml": check_calibration}
 
 
 def test_the_checks_name_shipped_configs():

@@ -12,6 +12,7 @@ import yaml
 from fixtures import REPO, write_image_folder
 from teddy.data import batches, load_split
 from teddy.methods import METHODS
+from teddy.protocols import load_protocol
 from teddy.shards import method_shards, shard_count
 
 PAPER_CONFIGS = ["cifar10", "cifar100", "tiny_imagenet", "imagenet1k"]
@@ -37,16 +38,18 @@ def test_paper_config_carries_the_method_recipe(name):
     assert cfg["dataset"]["name"] == name and cfg["results_dir"] == f"results/{name}"
     assert cfg["gpus_per_job"] == 1 and cfg["device"] == "auto"
     assert cfg["distill"]["ipc"] == want["ipc"] and cfg["evaluate"]["seeds"] == [0, 1, 2]
-    for recipe in (cfg["base"]["recipe"], cfg["evaluate"]["recipe"]):
-        assert recipe["amp"] is True and recipe["channels_last"] is True
+    assert cfg["base"]["recipe"]["amp"] is True and cfg["base"]["recipe"]["channels_last"] is True
+    assert cfg["evaluate"]["amp"] is True and cfg["evaluate"]["channels_last"] is True
     methods = cfg["distill"]["methods"]
     assert {"teddy", "random"} <= set(methods) and all(m["method"] in METHODS for m in methods.values())
-    assert cfg["evaluate"]["labels"] == "online_kd" and cfg["evaluate"]["recipe"]["temperature"] == 20
+    protocols = [load_protocol(n) for n in cfg["evaluate"]["protocols"]]
+    kd = [p for p in protocols if p["labels"] == "kd"]
+    assert kd and all(p["recipe"]["temperature"] == 20 for p in kd)  # every peer at this scale: T = 20
     teddy = methods["teddy"]
     if "alpha" in want:
         assert teddy["alpha"] == want["alpha"]
         assert (teddy["lr"], teddy["iterations"], teddy["batch_size"]) == want["distill"]
-        ev = cfg["evaluate"]["recipe"]
+        ev = protocols[0]["recipe"]
         assert (ev["optimizer"], ev["lr"], ev["epochs"]) == want["eval"]
         assert cfg["evaluate"]["students"][: len(want["students"])] == want["students"]
     if "base" in want:

@@ -56,22 +56,25 @@ def test_tiny_pipeline_end_to_end(tmp_path):
             assert (R / f"distilled/{method}/ipc{ipc}/grid.png").read_bytes()[:4] == b"\x89PNG"
             assert meta["shards"] == (2 if (method, ipc) == ("teddy", 2) else 1)
 
-    result = json.loads((R / "eval/teddy/ipc2/convnet/online_kd/seed1.json").read_text())
-    assert result["labels"] == "online_kd" and 0 <= result["test_accuracy"] <= 1
+    result = json.loads((R / "eval/teddy/ipc2/convnet/teddy_small_kd/seed1.json").read_text())
+    assert result["labels"] == "online_kd" and result["protocol"] == "teddy_small_kd"
+    assert 0 <= result["test_accuracy"] <= 1
     table = pd.read_csv(R / "tables/accuracy.csv")
     measured = table[table["kind"] == "measured"]
-    assert len(measured) == 2 * 2 * 2  # method x ipc x arch (one label protocol)
+    assert len(measured) == 2 * 2 * 2  # method x ipc x arch (one protocol)
     assert (measured["seeds"] == 2).all() and measured["mean"].between(0, 100).all()
     ceiling = table[table["kind"] == "ceiling"]
     assert len(ceiling) == 2 * 2 and set(ceiling["student"]) == {"convnet", "resnet10_w16"}
     for arch in ("convnet", "resnet10_w16"):
-        assert json.loads((R / f"ceiling/{arch}/online_kd/seed0.json").read_text())["train_images"] == 180
+        assert json.loads((R / f"ceiling/{arch}/teddy_small_kd/seed0.json").read_text())["train_images"] == 180
     md = (R / "tables/accuracy.md").read_text()
-    assert "## convnet, online_kd labels" in md and "teddy" in md and "random" in md and "ceiling" in md
+    assert "## convnet, protocol teddy_small_kd" in md and "teddy" in md and "random" in md and "ceiling" in md
+    assert "Teacher (base model):" in md and "epoch1" in md  # what the rows were taught by
+    assert "Published under protocols we did not run" in md and "closest protocol we run: teddy_small_kd" in md
     assert (R / "tables/accuracy.tex").read_text().count(r"\multicolumn") == 2
     efficiency = pd.read_csv(R / "tables/efficiency.csv")
     assert {"train_base", "pool_member", "distill", "gather", "evaluate", "ceiling"} <= set(efficiency["stage"])
-    assert (R / "plots/accuracy_vs_ipc_online_kd.png").read_bytes()[:4] == b"\x89PNG"
+    assert (R / "plots/accuracy_vs_ipc_teddy_small_kd.png").read_bytes()[:4] == b"\x89PNG"
 
     # Snakemake's own HTML report holds the table page and the plot (embedded as data URIs)
     report = work / "report.html"
@@ -135,16 +138,19 @@ def test_missing_dataset_fails_the_job_with_one_line(tmp_path):
     assert "error in rule train_base: dataset file missing" in out and "dataset.root" in out
 
 
-def test_label_protocols_are_a_wildcard(tmp_path):
+def test_protocols_are_a_wildcard_and_stored_teacher_outputs_add_relabel(tmp_path):
     data = write_fashion_mnist(tmp_path / "data", n_train=30, n_test=10)
     cfg = tiny_config(data)
-    cfg["evaluate"]["labels"] = ["online_kd", "stored", "hard"]
+    cfg["evaluate"].update(protocols=["teddy_small_kd", "teddy_small_hard", "dc"], teacher_outputs="stored")
     proc = snakemake(write_workdir(tmp_path / "w", cfg), "-n")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    for labels in ("online_kd", "stored", "hard"):
-        assert f"eval/teddy/ipc1/convnet/{labels}/seed0.json" in out
-    assert "distilled/teddy/ipc1/soft_labels/seed0/meta.json" in out  # rule relabel, for stored only
+    for protocol in ("teddy_small_kd", "teddy_small_hard", "dc"):
+        assert f"eval/teddy/ipc1/convnet/{protocol}/seed0.json" in out
+    assert "eval/teddy/ipc1/resnet10_w16/dc/" not in out  # dc evaluates its ConvNet only
+    # rule relabel, for the kd protocol only
+    assert "distilled/teddy/ipc1/soft_labels/teddy_small_kd/seed0/meta.json" in out
+    assert "soft_labels/teddy_small_hard" not in out and "soft_labels/dc" not in out
     cfg["evaluate"]["keep_topk"] = 11
     proc = snakemake(write_workdir(tmp_path / "w2", cfg), "-n")
     assert proc.returncode != 0 and "evaluate.keep_topk=11 exceeds" in proc.stdout + proc.stderr

@@ -53,15 +53,15 @@ def check_config(cfg: dict) -> None:
                              f"registered: {sorted(MODELS)}")
     check_image_size(cfg["base"]["arch"], image_size, **(cfg.get("arch_options") or {}).get(cfg["base"]["arch"], {}))
     check_protocols(cfg, image_size)
-    for ipc in cfg["evaluate"]["seeds_at_ipc"]:
-        if int(ipc) not in [int(i) for i in cfg["distill"]["ipc"]]:
-            raise TeddyError(f"evaluate.seeds_at_ipc names IPC {ipc}, which is not in distill.ipc")
     for name, pool in cfg.get("pools", {}).items():
         member_names(pool)
     for ipc in cfg["distill"]["ipc"]:
         if int(ipc) < 1:
             raise TeddyError(f"IPC must be >= 1, got {ipc} (config key distill.ipc)")
     for name, recipe in cfg["distill"]["methods"].items():
+        extra = sorted(set(int(i) for i in recipe.get("ipc") or []) - set(int(i) for i in cfg["distill"]["ipc"]))
+        if extra:
+            raise TeddyError(f"distill.methods.{name}.ipc has {extra}, which distill.ipc does not list")
         if recipe["method"] not in METHODS:
             raise TeddyError(f"unknown distillation method '{recipe['method']}' (config key "
                              f"distill.methods.{name}.method); known: {sorted(METHODS)}")

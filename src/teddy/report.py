@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from teddy.errors import TeddyError
+from teddy.shards import method_ipcs
 
 CEILING_NAME = "ceiling (whole train set)"
 KIND_ORDER = {"ceiling": 0, "measured": 1, "published": 2, "unmatched": 3}
@@ -77,12 +78,11 @@ def run_protocols(cfg: dict) -> list[str]:
 
 def requested_cells(cfg: dict) -> pd.DataFrame:
     """Every (method, ipc, arch, protocol, seed) the config asks evaluate for: methods x ipc x
-    evaluate.cells x seeds (evaluate.seeds_at_ipc for the IPCs it lists)."""
+    evaluate.cells x seeds, at each method's IPCs (its `ipc` list, else distill.ipc)."""
     ev = cfg["evaluate"]
-    at_ipc = {int(k): v for k, v in (ev.get("seeds_at_ipc") or {}).items()}
     rows = [(method, int(ipc), arch, protocol, int(seed))
-            for method in cfg["distill"]["methods"] for ipc in cfg["distill"]["ipc"]
-            for arch, protocol in cell_pairs(cfg) for seed in at_ipc.get(int(ipc), ev["seeds"])]
+            for method in cfg["distill"]["methods"] for ipc in method_ipcs(cfg["distill"], method)
+            for arch, protocol in cell_pairs(cfg) for seed in ev["seeds"]]
     return pd.DataFrame(rows, columns=["method", "ipc", "arch", "protocol", "seed"])
 
 

@@ -80,6 +80,12 @@ def recipe_shards(recipe: dict, ipc: int, classes: int, batches_per_shard) -> li
     return shard_ranges(n, batches_per_shard)
 
 
+def method_ipcs(distill: dict, method_name: str) -> list[int]:
+    """The IPCs a method's sets are made at: its own `ipc` list, else distill.ipc."""
+    recipe = distill["methods"][method_name]
+    return [int(i) for i in (recipe.get("ipc") or distill["ipc"])]
+
+
 def method_shards(cfg: dict, method_name: str, ipc: int, classes: int) -> list[range]:
     """recipe_shards of one (method, IPC) of the config."""
     return recipe_shards(cfg["distill"]["methods"][method_name], ipc, classes, cfg["distill"].get("batches_per_shard"))

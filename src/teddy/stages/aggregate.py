@@ -30,7 +30,6 @@ def settings(cfg: dict, wildcards: dict) -> dict:
     return {"dataset": {"name": cfg["dataset"]["name"]},
             "distill": {"methods": cfg["distill"]["methods"], "ipc": [int(i) for i in cfg["distill"]["ipc"]]},
             "evaluate": {"students": list(ev["students"]), "seeds": [int(s) for s in ev["seeds"]],
-                         "seeds_at_ipc": {str(k): [int(s) for s in v] for k, v in ev["seeds_at_ipc"].items()},
                          "cells": [list(c) for c in cells(cfg)]},
             "protocols": {name: {"description": p["description"], "labels": p["labels"]}
                           for name, p in protocols.items()},

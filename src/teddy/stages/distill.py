@@ -30,11 +30,13 @@ from teddy.train import resolve_device
 # tests/test_stack.py): they reach the job through the Machine, so changing them reruns nothing
 # and a rerun shard keeps its finished batches
 SPEED_KEYS = ("stack", "compile")
+# keys of a method's entry that say which sets are made, not how: the set's seed and its IPCs
+SET_KEYS = ("seed", "ipc")
 
 
 def method_recipe(cfg: dict, method: str) -> dict:
-    """distill.methods.<method> without its speed keys."""
-    return {k: v for k, v in cfg["distill"]["methods"][method].items() if k not in SPEED_KEYS}
+    """distill.methods.<method> without its speed keys and set keys."""
+    return {k: v for k, v in cfg["distill"]["methods"][method].items() if k not in SPEED_KEYS + SET_KEYS}
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -42,8 +44,9 @@ def settings(cfg: dict, wildcards: dict) -> dict:
     recipe = method_recipe(cfg, method)
     pool_name = recipe.get("pool")
     pool = cfg["pools"][pool_name] if pool_name else None
+    seed = cfg["distill"]["methods"][method].get("seed", cfg["distill"]["seed"])
     out = {"dataset": dataset_settings(cfg), "method": method, "ipc": int(wildcards["ipc"]),
-           "shard": int(wildcards["shard"]), "seed": int(cfg["distill"]["seed"]), "recipe": recipe,
+           "shard": int(wildcards["shard"]), "seed": int(seed), "recipe": recipe,
            "batches_per_shard": cfg["distill"]["batches_per_shard"], "pool_name": pool_name, "pool": pool,
            "model": model_spec(cfg, cfg["base"]["arch"])}
     if pool is not None and pool["generator"] == "fresh":  # the fresh models' steps follow this recipe
