@@ -259,3 +259,12 @@ def test_the_benchmarks_student_recipe_caps_the_batch_and_keeps_the_speed_keys()
 
     capped = student_recipe({"evaluate": {"protocols": ["teddy_small_kd"], "compile": True}}, 100)
     assert capped == {**load_protocol("teddy_small_kd")["recipe"], "batch_size": 100, "compile": True}
+
+
+def test_a_model_near_chance_is_one_warning_line_naming_the_recipe_key(capsys):
+    from teddy.stages.common import near_chance_warning
+
+    assert near_chance_warning(0.80, 10, "the base model (teacher) convnet", "base.recipe.epochs") is None
+    line = near_chance_warning(0.14, 10, "pool 'prior' member epoch1", "pools.prior.epochs")
+    assert line.startswith("warning: pool 'prior' member epoch1 scores 14.0%") and "pools.prior.epochs" in line
+    assert "chance (10.0%)" in line and "\n" not in line and capsys.readouterr().err.strip() == line

@@ -17,6 +17,7 @@ reruns nothing.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -107,6 +108,23 @@ def build(spec: dict, info, seed: int | None = None):
     if seed is not None:
         torch.manual_seed(seed)  # the initial weights are part of what a seed controls
     return model_from_spec(spec, info)
+
+
+# a trained model this close to chance (in accuracy points) is flagged at train time
+NEAR_CHANCE_POINTS = 5.0
+
+
+def near_chance_warning(accuracy: float, num_classes: int, what: str, key: str) -> str | None:
+    """One warning line when `accuracy` (a fraction) is within NEAR_CHANCE_POINTS of chance,
+    naming the recipe key to change; printed to the job's log (stderr), None otherwise."""
+    chance = 100.0 / max(1, int(num_classes))
+    if 100.0 * float(accuracy) - chance >= NEAR_CHANCE_POINTS:
+        return None
+    line = (f"warning: {what} scores {100.0 * float(accuracy):.1f}% on the test set, within "
+            f"{NEAR_CHANCE_POINTS:g} points of chance ({chance:.1f}%): it teaches the tables' rows next to "
+            f"nothing; give it more optimiser steps ({key})")
+    print(line, file=sys.stderr)
+    return line
 
 
 def wildcard_ints(wildcards: dict, *names: str) -> dict:

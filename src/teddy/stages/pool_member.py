@@ -9,8 +9,8 @@ from teddy.data import dataset_info, load_split
 from teddy.errors import TeddyError
 from teddy.io import load_json
 from teddy.pool import choose_snapshot, load_model, manifest_row, prune_channels, save_model
-from teddy.stages.common import Machine, dataset_cfg, dataset_settings, model_spec, training_request, \
-    train_images
+from teddy.stages.common import (Machine, dataset_cfg, dataset_settings, model_spec, near_chance_warning,
+                                 training_request, train_images)
 from teddy.resume import remove_checkpoint
 from teddy.train import evaluate_accuracy, fit, recalibrate_bn, resolve_device
 
@@ -69,6 +69,10 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
         raise TeddyError(f"pool generator '{generator}' has no members on disk (pools.{pool_name}.generator)")
     model.to(device)
     acc = evaluate_accuracy(model, test_set, device)
+    near_chance_warning(acc, info.num_classes, f"pool '{pool_name}' member {member} ({made_from})",
+                        {"prior": f"pools.{pool_name}.epochs, or the recipe its snapshots come from "
+                                  f"(pools.{pool_name}.recipe, else base.recipe.epochs)",
+                         "post": f"pools.{pool_name}.post (the fine-tuning recipe)"}.get(generator, "base.recipe.epochs"))
     row = manifest_row(member, generator, made_from, finetune_epochs, acc, model,
                        (info.channels, info.image_size, info.image_size))
     save_model(out_path, model, row)

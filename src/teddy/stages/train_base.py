@@ -11,8 +11,8 @@ from teddy.data import dataset_info, load_split
 from teddy.io import save_json
 from teddy.pool import save_model
 from teddy.pretrained import load_pretrained
-from teddy.stages.common import Machine, build, dataset_cfg, dataset_settings, model_spec, training_request, \
-    train_images
+from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, model_spec, near_chance_warning,
+                                 training_request, train_images)
 from teddy.resume import remove_checkpoint
 from teddy.train import evaluate_accuracy, fit, resolve_device
 
@@ -76,6 +76,8 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
             desc=f"base {arch}")
         extra = {}
     test_acc = evaluate_accuracy(model, test_set, device)
+    near_chance_warning(test_acc, dataset_info(data).num_classes, f"the base model (teacher) {arch}",
+                        "base.weights" if base["weights"] else "base.recipe.epochs")
     metrics = {"arch": arch, "test_accuracy": test_acc, "history": history, "train_seconds": seconds,
                "snapshots": snapshots, **extra}
     save_model(outputs.model, model, {"arch": arch, "test_accuracy": test_acc, **extra})
