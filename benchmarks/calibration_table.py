@@ -90,7 +90,7 @@ def table(cfg: dict) -> tuple[str, float]:
                     if n >= 2:
                         bound = 2 * math.sqrt(std ** 2 + t_std ** 2)
                         verdict = f"{'yes' if abs(mean - float(t['top1'])) <= bound else 'NO'} " \
-                                  f"(Δ {abs(mean - float(t["top1"])):.2f}, bound {bound:.2f})"
+                                  f"(Δ {abs(mean - float(t['top1'])):.2f}, bound {bound:.2f})"
                     else:
                         verdict = "needs 2 runs"
                 label = f"{family} ({len(accs)} subsets, one network each)" if family == "random" else family
