@@ -13,15 +13,13 @@ from teddy.config import load_config
 from teddy.stages import STAGES, stage
 
 CFG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-WILDCARDS = {"method": "teddy", "ipc": 1, "shard": 0, "arch": "convnet", "labels": "online_kd", "seed": 0,
+WILDCARDS = {"method": "teddy", "ipc": 1, "shard": 0, "arch": "convnet", "protocol": "teddy_small_kd", "seed": 0,
              "pool": "prior", "member": "epoch1"}
 JOBS = [s for s in STAGES if s not in ("pool_manifest", "aggregate")]  # these two read no config value
 
 
 def settings_by_stage(cfg):
-    cfg = load_config({**copy.deepcopy(cfg), "ceiling": cfg.get("ceiling") or {"recipe": {"epochs": 1,
-                                                                                          "batch_size": 8,
-                                                                                          "lr": 0.1}}})
+    cfg = load_config({**copy.deepcopy(cfg), "ceiling": cfg.get("ceiling") or {"epochs": 1}})
     return {name: stage(name).settings(cfg, WILDCARDS) for name in JOBS}
 
 
@@ -46,7 +44,9 @@ def set_key(*path_and_value):
 
 
 @pytest.mark.parametrize("edit, stages", [
-    (set_key("evaluate", "recipe", "epochs", 7), {"evaluate", "relabel"}),
+    (set_key("ceiling", "epochs", 7), {"ceiling"}),
+    (set_key("evaluate", "teacher_outputs", "stored"), {"evaluate"}),
+    (set_key("evaluate", "amp", True), {"evaluate", "relabel", "ceiling"}),
     (set_key("evaluate", "processes", 2), {"evaluate", "relabel"}),
     (set_key("gpus_per_job", 2), {"evaluate", "relabel"}),
     (set_key("base", "recipe", "lr", 0.5), {"train_base", "train_prior", "pool_member"}),
@@ -76,7 +76,7 @@ def test_a_changed_value_changes_the_settings_of_the_stages_it_shapes(edit, stag
     set_key("distill", "methods", "teddy", "compile", True),
     set_key("evaluate", "device_memory_fraction", 0.5),  # where the student's set lies: same batches
     set_key("evaluate", "in_memory_max_mb", 1),
-    set_key("evaluate", "recipe", "compile", True),  # torch.compile: a speed knob
+    set_key("evaluate", "compile", True),  # torch.compile: a speed knob
 ])
 def test_adding_a_cell_or_moving_the_data_changes_no_settings(edit):
     assert changed(edit) == set()

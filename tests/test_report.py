@@ -3,7 +3,6 @@ ceiling rows, published rows matched on (student, evaluation protocol) and never
 protocols, the unmatched published rows listed apart with the closest protocol we run, missing
 cells named, and the Markdown, LaTeX and HTML renderings."""
 
-import importlib
 import json
 import re
 
@@ -287,17 +286,12 @@ def test_html_holds_every_block_and_the_unmatched_section(tmp_path):
 
 
 def test_aggregate_stage_writes_every_output_and_names_a_missing_ceiling(tmp_path):
-    """The aggregate stage end to end. It runs once teddy.stages.aggregate is ported to protocols
-    (evaluate.cells, one plot per protocol of run_protocols); skipped while the stage still imports
-    the label-protocol helpers this issue removed."""
-    try:
-        importlib.import_module("teddy.stages.aggregate")
-    except ImportError as exc:
-        pytest.skip(f"aggregate stage not yet ported to evaluation protocols: {exc}")
+    """The aggregate stage end to end: its cells come from evaluate.protocols and the students."""
     from teddy.stages import Files, run_stage
     from test_efficiency import write_job
 
-    cfg = {**CFG, "dataset": {"name": "fashion_mnist"}, "results_dir": str(tmp_path)}
+    cfg = {**CFG, "dataset": {"name": "fashion_mnist"}, "results_dir": str(tmp_path),
+           "evaluate": {"students": ["convnet"], "seeds": [0, 1], "protocols": [KD, HARD]}}
     evals = write_results(tmp_path)
     ceiling_jsons = []
     for protocol in (HARD, KD):
@@ -313,11 +307,11 @@ def test_aggregate_stage_writes_every_output_and_names_a_missing_ceiling(tmp_pat
     benchmarks = [write_job(tmp_path, "distill", "teddy/ipc1", 3.0, 100.0, 2.5)]
     out = {name: tmp_path / "tables" / name for name in
            ("accuracy.csv", "accuracy.md", "accuracy.tex", "accuracy.html", "efficiency.csv")}
-    plots = {protocol: tmp_path / "plots" / f"{protocol}.png" for protocol in run_protocols(cfg)}
+    plots = {protocol: tmp_path / "plots" / f"{protocol}.png" for protocol in run_protocols(CFG)}
     assert benchmarks[0].is_relative_to(tmp_path / "benchmarks")  # read from results_dir/benchmarks
     outputs = Files(csv=out["accuracy.csv"], md=out["accuracy.md"], tex=out["accuracy.tex"],
                     html=out["accuracy.html"], efficiency=out["efficiency.csv"],
-                    plots=[plots[protocol] for protocol in run_protocols(cfg)])
+                    plots=[plots[protocol] for protocol in run_protocols(CFG)])
     aggregate = lambda ceilings: run_stage("aggregate", cfg, {}, Files(  # noqa: E731
         evals=evals, ceilings=ceilings, published=sorted(published.glob("*.csv"))), outputs)
     table = aggregate(ceiling_jsons)

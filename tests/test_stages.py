@@ -225,7 +225,7 @@ def _demo(tmp_path):
 
 @pytest.mark.parametrize("path, value", [
     (("distill", "methods", "teddy", "lr"), float("nan")),
-    (("ceiling", "epochs"), float("inf")),
+    (("base", "recipe", "lr"), float("inf")),
     (("base", "recipe", "augment", "crop_scale"), [0.5, float("nan")]),
 ])
 def test_non_finite_numbers_are_refused_naming_the_key(tmp_path, path, value):
