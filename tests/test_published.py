@@ -5,8 +5,8 @@ import pytest
 
 from fixtures import REPO
 from teddy.errors import TeddyError
-from teddy.published import (COLUMNS, KNOWN_PROTOCOLS, PEER_PROTOCOLS, RUN_PROTOCOLS, known_protocols,
-                             load_published)
+from teddy.protocols import known_protocols as protocol_files
+from teddy.published import COLUMNS, PEER_PROTOCOLS, known_protocols, load_published
 
 HEADER = ",".join(COLUMNS)
 PUBLISHED = REPO / "config" / "published"
@@ -26,14 +26,11 @@ def test_shipped_published_files_load_with_one_schema():
 
 
 def test_every_shipped_csv_loads_with_the_known_protocol_names():
+    names = known_protocols()  # the shipped protocol files and the peers' we name only
+    assert set(protocol_files()) <= set(names) and set(PEER_PROTOCOLS) <= set(names)
     for path in sorted(PUBLISHED.glob("*.csv")):
-        table = load_published(path, protocols=KNOWN_PROTOCOLS)
-        assert set(table["protocol"]) <= set(KNOWN_PROTOCOLS) | {"unstated"}, path
-    folder = REPO / "config" / "protocols"
-    if folder.is_dir():  # the protocol files, once shipped, name every protocol we run
-        names = known_protocols(folder)
-        load_published(PUBLISHED, protocols=names)
-        assert set(RUN_PROTOCOLS) <= set(names) and set(PEER_PROTOCOLS) <= set(names)
+        table = load_published(path)
+        assert set(table["protocol"]) <= set(names) | {"unstated"}, path
 
 
 def test_shipped_rows_carry_their_sources_protocol():
@@ -108,7 +105,7 @@ def test_an_unknown_protocol_lists_the_known_ones(tmp_path):
         load_published(tmp_path)
     message = str(error.value)
     assert "\n" not in message and str(tmp_path / "p.csv") + " line 2" in message
-    assert all(name in message for name in KNOWN_PROTOCOLS) and "'unstated'" in message
+    assert all(name in message for name in known_protocols()) and "'unstated'" in message
 
 
 def test_a_wrong_header_or_field_count_is_named(tmp_path):

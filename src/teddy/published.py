@@ -26,20 +26,16 @@ LABELS = ("soft", "hard")
 NORMS = ("batch", "instance", "layer", "group", "none")
 
 UNSTATED = "unstated"
-# the protocols of config/protocols/*.yaml (names fixed in issue 19's design note)
-RUN_PROTOCOLS = ("dc", "dc_mnist", "dsa", "sre2l_imagenet1k", "sre2l_tiny_imagenet", "rded",
-                 "teddy_small_kd", "teddy_small_hard")
 # peers' evaluation protocols we name (../shared/docs/METHOD.md section 7) but ship no file for
 PEER_PROTOCOLS = ("gvbsm", "edc", "mtt", "cim")
-KNOWN_PROTOCOLS = RUN_PROTOCOLS + PEER_PROTOCOLS
 
 
 def known_protocols(protocol_dir=None) -> tuple[str, ...]:
-    """The protocol names a published row may carry (besides `unstated`): the stems of
-    `protocol_dir`/*.yaml plus PEER_PROTOCOLS, or KNOWN_PROTOCOLS without a folder."""
-    if protocol_dir is None:
-        return KNOWN_PROTOCOLS
-    stems = sorted(p.stem for p in Path(protocol_dir).glob("*.yaml"))
+    """The protocol names a published row may carry (besides `unstated`): the protocol files of
+    `protocol_dir` (default the repository's config/protocols/) plus PEER_PROTOCOLS."""
+    from teddy.protocols import PROTOCOLS_DIR, known_protocols as files
+
+    stems = files(protocol_dir or PROTOCOLS_DIR)
     return tuple(stems) + tuple(p for p in PEER_PROTOCOLS if p not in stems)
 
 
@@ -90,8 +86,8 @@ def _parse_row(fields: dict, where: str, protocols) -> dict:
 
 
 def read_published_file(path, protocols=None) -> list[dict]:
-    """The rows of one file; `protocols`: the known protocol names (default KNOWN_PROTOCOLS)."""
-    protocols = KNOWN_PROTOCOLS if protocols is None else tuple(protocols)
+    """The rows of one file; `protocols`: the known protocol names (default known_protocols())."""
+    protocols = known_protocols() if protocols is None else tuple(protocols)
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
@@ -117,7 +113,7 @@ def read_published_file(path, protocols=None) -> list[dict]:
 def load_published(path, dataset: str | None = None, protocols=None) -> pd.DataFrame:
     """Every published row (of `dataset` when given), as a DataFrame with the COLUMNS; `ipc` is
     a nullable integer (NA: whole training set). `protocols`: the known protocol names (e.g.
-    known_protocols(config/protocols)); default KNOWN_PROTOCOLS. A row whose protocol is neither
+    known_protocols(config/protocols)); default known_protocols(). A row whose protocol is neither
     known nor `unstated` stops with its file and line."""
     rows = [row for p in published_files(path) for row in read_published_file(p, protocols)]
     table = pd.DataFrame(rows, columns=COLUMNS)

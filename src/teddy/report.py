@@ -20,10 +20,6 @@ CEILING_NAME = "ceiling (whole train set)"
 KIND_ORDER = {"ceiling": 0, "measured": 1, "published": 2, "unmatched": 3}
 UNMATCHED_TITLE = "Published under protocols we did not run"
 
-# Protocols whose students learn from a teacher's soft labels (knowledge distillation). A published
-# protocol of this family, or one we cannot place (`unstated`), is compared with the first of these
-# we run; the lead may pass the KD protocols read from config/protocols instead.
-KD_PROTOCOLS = ("teddy_small_kd", "sre2l_imagenet1k", "sre2l_tiny_imagenet", "rded", "gvbsm", "edc", "cim")
 # For the other published protocols: the protocols we run that come nearest, in order of preference.
 # dc, dc_mnist and dsa share DC's ConvNet, optimiser and schedule and differ in epochs and augmentation;
 # MTT evaluates as DSA does (with a learned lr); teddy_small_hard is teddy_small_kd with hard labels.
@@ -36,11 +32,12 @@ CLOSEST = {
 }
 
 
-def closest_protocol(published_protocol: str, run_protocols, kd_protocols=KD_PROTOCOLS) -> str | None:
+def closest_protocol(published_protocol: str, run_protocols, kd_protocols=(), soft: bool = False) -> str | None:
     """The protocol we run that a published figure of `published_protocol` is best read against:
-    itself when we run it; else the first CLOSEST[published_protocol] we run; else, for a KD
-    protocol or `unstated`, the first KD protocol we run; else the first protocol we run (None when
-    we run none). A pointer for the reader, never a licence to compare the numbers."""
+    itself when we run it; else the first CLOSEST[published_protocol] we run; else, for a figure
+    of soft-label students (`soft`) or an `unstated` protocol, the first of the KD protocols we run
+    (`kd_protocols`); else the first protocol we run (None when we run none). A pointer for the
+    reader, never a licence to compare the numbers."""
     run = list(dict.fromkeys(run_protocols))
     if not run:
         return None
@@ -49,7 +46,7 @@ def closest_protocol(published_protocol: str, run_protocols, kd_protocols=KD_PRO
     for candidate in CLOSEST.get(published_protocol, ()):
         if candidate in run:
             return candidate
-    if published_protocol in kd_protocols or published_protocol == "unstated":
+    if soft or published_protocol == "unstated":
         for candidate in run:
             if candidate in kd_protocols:
                 return candidate
@@ -154,7 +151,7 @@ def with_distill_seconds(table: pd.DataFrame, distilled_dir) -> pd.DataFrame:
 
 def paper_table(measured: pd.DataFrame, ceilings: pd.DataFrame | None = None,
                 published: pd.DataFrame | None = None, method_order=None, protocol_order=None,
-                kd_protocols=KD_PROTOCOLS) -> pd.DataFrame:
+                kd_protocols=()) -> pd.DataFrame:
     """Long form of every block: student, protocol, kind (ceiling|measured|published|unmatched),
     method, ipc, mean, std, seeds, best, whole_train_set, norm, source, distill_seconds,
     closest_protocol. Blocks are keyed by (student, protocol). Ceiling rows (same student and
@@ -198,7 +195,8 @@ def paper_table(measured: pd.DataFrame, ceilings: pd.DataFrame | None = None,
             rows.append({"student": p.student, "protocol": p.protocol, "kind": "unmatched", "method": p.method,
                          "ipc": p.ipc, "mean": p.top1, "std": p.std, "seeds": pd.NA, "norm": p.norm,
                          "whole_train_set": pd.isna(p.ipc), "source": p.source,
-                         "closest_protocol": closest_protocol(p.protocol, run, kd_protocols)})
+                         "closest_protocol": closest_protocol(p.protocol, run, kd_protocols,
+                                                                             soft=p.labels == "soft")})
     table = pd.DataFrame(rows)
     for column in ("norm", "distill_seconds", "whole_train_set", "closest_protocol"):
         if column not in table:

@@ -74,7 +74,7 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> pd.DataFrame:
     published = pd.concat([load_published(p, dataset) for p in files], ignore_index=True) if files else None
     kd = [n for n, p in settings["protocols"].items() if p["labels"] == "kd"]
     table = paper_table(measured, ceilings, published, method_order=list(settings["distill"]["methods"]),
-                        protocol_order=run_protocols(settings), kd_protocols=kd or None)
+                        protocol_order=run_protocols(settings), kd_protocols=kd)
     teacher = list(getattr(inputs, "teacher", None) or [])
     about = context(settings, teacher[0] if teacher else None, list(getattr(inputs, "manifests", None) or []))
     benchmarks = sorted((results_dir / "benchmarks").rglob("*.tsv"))
