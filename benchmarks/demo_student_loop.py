@@ -1,5 +1,6 @@
 """Wall time of the Fashion-MNIST demo's student loop (config/config.yaml: ConvNet-3 width 32,
-400 epochs, AdamW, online KD from a ConvNet teacher, flip + shift) on a 100-image set (IPC 10),
+the recipe of its first protocol, teddy_small_kd: 400 epochs, AdamW, online KD from a ConvNet
+teacher, flip + shift) on a 100-image set (IPC 10),
 one thread. Run it with PYTHONPATH pointing at two checkouts to compare them:
 
     PYTHONPATH=src .venv/bin/python benchmarks/demo_student_loop.py
@@ -15,6 +16,7 @@ import yaml
 
 from teddy.data import TensorImageDataset
 from teddy.models import build_model
+from teddy.protocols import config_protocol
 from teddy.train import fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     torch.set_num_threads(1)
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    recipe = {**cfg["evaluate"]["recipe"], "checkpoint_every": 10**6}
+    recipe = {**config_protocol(cfg)["recipe"], "checkpoint_every": 10**6}
     g = torch.Generator().manual_seed(0)
     data = TensorImageDataset(torch.randn(100, 1, 28, 28, generator=g), torch.arange(100) % 10,
                               [str(c) for c in range(10)])

@@ -4,15 +4,16 @@ budget (default 60 s per method on 1 thread).
 Methods: teddy (statistics), teddy (gradient), sre2l, bilevel (K = 10), random, herding. For an
 optimising method, a 2-iteration probe measures its setup time and time per iteration; the run
 then gets as many iterations as fit in the budget (cosine schedule over that count). Selection
-methods take what they take. One ConvNet student per method (evaluate.recipe of the config,
-online KD from the base model, student seed 0) is scored on the real test set.
+methods take what they take. One ConvNet student per method (the student and recipe of
+`--protocol`, default the config's first evaluate.protocols entry; online KD from the base model
+for a KD protocol; student seed 0) is scored on the real test set.
 
 Models: the base model and prior-pool members of a finished default run (results/fashion_mnist)
 when present; otherwise a quick base model (2 epochs) is trained here and its epoch-1 snapshot
 is the pool. Writes docs/equal_budget.md (its measured part; a rerun replaces
 the hand-written reading below the table).
 
-    .venv/bin/python benchmarks/equal_budget.py [--budget 60] [--threads 1]
+    .venv/bin/python benchmarks/equal_budget.py [--budget 60] [--threads 1] [--protocol NAME]
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import yaml
 from teddy.data import TensorImageDataset, dataset_info, load_split
 from teddy.methods import DistillTask, get_method
 from teddy.pool import WeakPool, load_model, member_names
+from teddy.protocols import config_protocol, student_spec
 from teddy.stages import build, student_recipe
+from teddy.stages.common import build as build_spec
 from teddy.train import evaluate_accuracy, fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +84,15 @@ def main():
     ap.add_argument("--budget", type=float, default=60.0, help="distillation seconds per method")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--protocol", default=None,
+                    help="evaluation protocol of the students (default: the config's first)")
     ap.add_argument("--out", default=str(REPO / "docs" / "equal_budget.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start, load_at_start = time.perf_counter(), os.getloadavg()[0]
     cfg = yaml.safe_load(Path(args.config).read_text())
     info = dataset_info(cfg["dataset"])
+    protocol = config_protocol(cfg, args.protocol)
     real, test_set = load_split(cfg["dataset"], "train"), load_split(cfg["dataset"], "test")
     base, prior, models_from = base_and_pool(cfg, real)
     single = WeakPool([base], ["base"])
@@ -111,8 +117,9 @@ def main():
 
         result, seconds, iterations = run_within_budget(method, task_for, args.budget)
         train_set = TensorImageDataset(result.images, result.labels, real.class_names)
-        student = build(cfg, "convnet", seed=0)
-        fit(student, train_set, student_recipe(cfg, len(train_set)), CPU, seed=0, targets=targets_for(base),
+        student = build_spec(student_spec(cfg, protocol, "convnet"), info, seed=0)
+        fit(student, train_set, student_recipe(cfg, len(train_set), protocol["name"], args.ipc), CPU, seed=0,
+            targets=targets_for(base if protocol["labels"] == "kd" else None),
             desc=f"student {label}")
         accuracy = evaluate_accuracy(student, test_set, CPU)
         rows.append({"method": label, "iterations": iterations, "distill_s": seconds, "test_acc": 100 * accuracy})
@@ -127,7 +134,7 @@ def main():
               f"{(time.perf_counter() - start) / 60:.1f} min in all), {platform.machine()}, torch {torch.__version__}, "
               f"CPU, {args.threads} thread(s), budget {args.budget:g} s of distillation per method, IPC {args.ipc}, "
               f"real Fashion-MNIST. Base model and pool: {models_from}. Student: ConvNet-3 "
-              f"(arch_options of the config), evaluate.recipe of the config, online KD from the base model, one "
+              f"under protocol {protocol['name']} ({protocol['labels']} labels; KD from the base model), one "
               f"seed (0). Machine load (1-minute load average) at start / end: {load_at_start:.2f} / "
               f"{os.getloadavg()[0]:.2f}.")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

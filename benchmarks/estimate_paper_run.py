@@ -30,7 +30,7 @@ from teddy.methods import get_method
 from teddy.methods.base import DistillTask
 from teddy.models import model_from_spec
 from teddy.pool import WeakPool, member_names
-from teddy.report import ceiling_protocols, label_protocols
+from teddy.protocols import cells, config_protocol, student_spec, whole_set_recipe
 from teddy.stages import student_recipe
 from teddy.train import evaluate_accuracy, fit, targets_for
 
@@ -44,9 +44,10 @@ def random_set(n: int, info, num_classes: int, seed: int = 0) -> TensorImageData
     return TensorImageDataset(images, targets, [str(c) for c in range(num_classes)])
 
 
-def model(cfg, arch, info):
+def model(cfg, arch, info, spec=None):
+    """`arch` with the config's arch_options, or the given spec (a protocol's student variant)."""
     torch.manual_seed(0)
-    return model_from_spec({"arch": arch, **(cfg.get("arch_options") or {}).get(arch, {})}, info)
+    return model_from_spec(spec or {"arch": arch, **(cfg.get("arch_options") or {}).get(arch, {})}, info)
 
 
 def timed(fn) -> float:
@@ -57,7 +58,8 @@ def timed(fn) -> float:
     return time.process_time() - t0
 
 
-def train_seconds(cfg, arch, info, n_images, recipe, teacher_arch=None, slice_epochs=None, slice_images=None):
+def train_seconds(cfg, arch, info, n_images, recipe, teacher_arch=None, slice_epochs=None, slice_images=None,
+                  spec=None):
     """Seconds of `recipe` over n_images, from a timed slice (fewer epochs or fewer images)."""
     epochs = int(recipe["epochs"])
     run_images = min(n_images, slice_images or n_images)
@@ -65,8 +67,8 @@ def train_seconds(cfg, arch, info, n_images, recipe, teacher_arch=None, slice_ep
     data = random_set(run_images, info, info.num_classes)
     short = {**recipe, "epochs": run_epochs, "eval_every": 0}
     teacher = model(cfg, teacher_arch, info) if teacher_arch else None
-    seconds = timed(lambda: fit(model(cfg, arch, info), data, short, DEVICE, seed=0, targets=targets_for(teacher),
-                                desc=f"slice {arch}"))
+    seconds = timed(lambda: fit(model(cfg, arch, info, spec), data, short, DEVICE, seed=0,
+                                targets=targets_for(teacher), desc=f"slice {arch}"))
     return seconds * (epochs / run_epochs) * (n_images / run_images)
 
 
@@ -108,25 +110,24 @@ def main():
             rows.append((f"distill {name} ipc{ipc}", 1, seconds, 1))
 
     ev = cfg["evaluate"]
-    protocols = label_protocols(cfg)
     per_cell = len(cfg["distill"]["methods"]) * len(ev["seeds"])
-    for arch in ev["students"]:
-        for labels in protocols:
-            for ipc in ipcs:
-                n = ipc * info.num_classes
-                recipe = student_recipe(cfg, n)
-                s = train_seconds(cfg, arch, info, n, recipe, teacher_arch=base_arch if labels != "hard" else None,
-                                  slice_epochs=20)
-                rows.append((f"evaluate {arch} {labels} ipc{ipc}", per_cell, s + test_seconds[arch], 1))
+    for arch, name in cells(cfg):
+        protocol = config_protocol(cfg, name)
+        teacher = base_arch if protocol["labels"] == "kd" else None
+        for ipc in ipcs:
+            n = ipc * info.num_classes
+            s = train_seconds(cfg, arch, info, n, student_recipe(cfg, n, name, ipc), teacher_arch=teacher,
+                              slice_epochs=20, spec=student_spec(cfg, protocol, arch))
+            rows.append((f"evaluate {arch} {name} ipc{ipc}", per_cell, s + test_seconds[arch], 1))
 
     if cfg.get("ceiling"):
-        for arch in ev["students"]:
-            for labels in ceiling_protocols(cfg):
-                s = train_seconds(cfg, arch, info, train_size, cfg["ceiling"]["recipe"],
-                                  teacher_arch=base_arch if labels == "online_kd" else None,
-                                  slice_epochs=1, slice_images=5120)
-                rows.append((f"ceiling {arch} {labels}", len(cfg["ceiling"].get("seeds", [0])),
-                             s + test_seconds[arch], 1))
+        for arch, name in cells(cfg):
+            protocol = config_protocol(cfg, name)
+            s = train_seconds(cfg, arch, info, train_size, whole_set_recipe(protocol, cfg["ceiling"].get("epochs")),
+                              teacher_arch=base_arch if protocol["labels"] == "kd" else None,
+                              slice_epochs=1, slice_images=5120, spec=student_spec(cfg, protocol, arch))
+            rows.append((f"ceiling {arch} {name}", len(cfg["ceiling"].get("seeds", [0])),
+                         s + test_seconds[arch], 1))
 
     print(f"config: {args.config}; {args.cores} cores; per-job CPU seconds measured on this machine with one "
           f"thread (train_base divided by its {rows[0][3]} threads); load average during the run: "

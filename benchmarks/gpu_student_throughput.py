@@ -1,7 +1,8 @@
 """Images per second of student training with online KD at 224 px on one GPU (bf16 autocast,
 channels-last, AdamW, per-image random-resized crops, flip and CutMix on the device), for the
 students of config/imagenet1k.yaml with a ResNet-18 teacher on synthetic data, and the
-projected GPU-hours of that config's evaluation grid (methods x IPC x students x seeds).
+projected GPU-hours of that config's evaluation grid (methods x IPC x (student, protocol) cells x
+seeds, each cell at its protocol's epochs).
 
     PYTHONPATH=src .venv/bin/python benchmarks/gpu_student_throughput.py [--batch 256] [--steps 20]
 
@@ -20,6 +21,7 @@ import yaml
 
 from teddy.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, TensorImageDataset
 from teddy.models import build_model
+from teddy.protocols import cells, config_protocol
 from teddy.train import fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,17 +66,18 @@ def main() -> None:
     for arch in cfg["evaluate"]["students"]:
         rates[arch] = images_per_second(arch, teacher, data, args.batch, device)
         print(f"| {arch} | {rates[arch]:.0f} |", flush=True)
-    ev, recipe = cfg["evaluate"], cfg["evaluate"]["recipe"]
+    ev = cfg["evaluate"]
     methods, seeds = list(cfg["distill"]["methods"]), ev["seeds"]
-    labels = ev.get("labels", "online_kd")
-    protocols = [labels] if isinstance(labels, str) else labels
+    # epochs of each (student, protocol) cell of the grid
+    epochs = [(arch, int(config_protocol(cfg, name)["recipe"]["epochs"])) for arch, name in cells(cfg)]
     print(f"\nProjected GPU-hours of the evaluation grid ({len(methods)} methods x {len(seeds)} seeds x "
-          f"{len(protocols)} label protocols, {recipe['epochs']} epochs, training only):")
+          f"(student, protocol) cells {', '.join(f'{a}/{p}' for a, p in cells(cfg))}, each at its protocol's "
+          f"epochs, training only):")
     print("| IPC | " + " | ".join(rates) + " | total |")
     print("|---|" + "---|" * (len(rates) + 1))
     grand = 0.0
     for ipc in cfg["distill"]["ipc"]:
-        hours = {a: recipe["epochs"] * ipc * 1000 / r / 3600 * len(methods) * len(seeds) * len(protocols)
+        hours = {a: sum(e for arch, e in epochs if arch == a) * ipc * 1000 / r / 3600 * len(methods) * len(seeds)
                  for a, r in rates.items()}
         grand += sum(hours.values())
         print(f"| {ipc} | " + " | ".join(f"{h:.1f}" for h in hours.values()) + f" | {sum(hours.values()):.1f} |")

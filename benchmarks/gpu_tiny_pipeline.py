@@ -1,6 +1,7 @@
 """The real workflow on a GPU: the default DAG on a small generated Fashion-MNIST-format set, with
-device cuda, bf16 autocast and channels-last switched on in every recipe, run by Snakemake as a
-user would. It proves the CUDA code paths (placement, pinned memory, autocast, channels-last,
+device cuda, bf16 autocast and channels-last switched on in every recipe (the students' through
+evaluate.amp / channels_last; each evaluation protocol copied to the workdir with 20 epochs), run
+by Snakemake as a user would. It proves the CUDA code paths (placement, pinned memory, autocast, channels-last,
 the jobs' peak-GPU-memory lines) end to end; the accuracies of a 3-epoch run on random-pattern
 images mean nothing.
 
@@ -34,6 +35,8 @@ def main() -> int:
         return 0
     from fixtures import write_fashion_mnist
 
+    from teddy.protocols import config_protocol, whole_set_recipe
+
     work = Path(args.workdir)
     data = write_fashion_mnist(work / "data", n_train=2000, n_test=500)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -44,7 +47,15 @@ def main() -> int:
     for recipe in cfg["distill"]["methods"].values():
         if recipe["method"] == "teddy":
             recipe.update(iterations=50, amp=True)
-    cfg["evaluate"]["recipe"].update(epochs=20, amp=True, channels_last=True)
+    cfg["evaluate"].update(amp=True, channels_last=True)
+    # each protocol of the config, shortened, in a protocols_dir of the workdir
+    short = work / "config" / "protocols"
+    short.mkdir(parents=True, exist_ok=True)
+    for name in cfg["evaluate"]["protocols"]:
+        protocol = config_protocol(cfg, name)
+        protocol["recipe"] = whole_set_recipe(protocol, 20)  # 20 epochs, step milestones in proportion
+        (short / f"{name}.yaml").write_text(yaml.safe_dump(protocol))
+    cfg["protocols_dir"] = str(short.resolve())
     (work / "config").mkdir(parents=True, exist_ok=True)
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     t0 = time.perf_counter()

@@ -5,10 +5,12 @@ Needs a finished run of the config (base model and pool members under results_di
 is re-made in memory with the config's own recipe and seeds (per-batch seeds: the same images the
 distill jobs wrote); when the set's PNGs exist, the quantised tensors are checked against them.
 Then, per student seed, the student is trained as rule evaluate trains it (online KD from the
-base model, evaluate.recipe) on each version and tested on the real test set.
+base model, or hard labels, as the protocol says; the protocol's student and recipe at this IPC)
+on each version and tested on the real test set. `--protocol` picks the protocol (default: the
+config's first evaluate.protocols entry).
 
     PYTHONPATH=src .venv/bin/python benchmarks/quantisation_cost.py --configfile config/config.yaml \\
-        --method teddy --ipc 10 --arch convnet --seeds 0 1
+        --method teddy --ipc 10 --arch convnet --seeds 0 1 [--protocol teddy_small_kd]
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def main() -> None:
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--arch", default="convnet")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs", type=int, default=None, help="override evaluate.recipe.epochs (quick checks)")
+    parser.add_argument("--protocol", default=None, help="evaluation protocol (default: the config's first)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the protocol's recipe epochs (quick checks)")
     args = parser.parse_args()
 
     from teddy import stages
@@ -35,6 +38,8 @@ def main() -> None:
     from teddy.distilled_set import load_set_tensors, quantise
     from teddy.methods import DistillTask, get_method
     from teddy.pool import load_model, member_names
+    from teddy.protocols import config_protocol, student_spec
+    from teddy.stages.common import build
     from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
 
     cfg = yaml.safe_load(Path(args.configfile).read_text())
@@ -66,20 +71,21 @@ def main() -> None:
     print(f"largest pixel change from quantisation: {(images - quantised).abs().max().item():.5f} "
           f"(normalised units; one uint8 step is {step})")
 
-    teacher = None if cfg["evaluate"].get("labels") == "hard" else \
+    protocol = config_protocol(cfg, args.protocol)
+    teacher = None if protocol["labels"] == "hard" else \
         load_model(R / "base" / cfg["base"]["arch"] / "model.pt", what="teacher (base model)")[0]
     test_set = load_split(cfg["dataset"], "test")
-    student_recipe = stages.student_recipe(cfg, len(labels))
+    student_recipe = stages.student_recipe(cfg, len(labels), protocol["name"], args.ipc)
     if args.epochs:
         student_recipe["epochs"] = args.epochs
-    print(f"\n{args.method} IPC {args.ipc}, student {args.arch}, {cfg['evaluate'].get('labels', 'online_kd')} "
-          f"labels, {student_recipe['epochs']} epochs\n")
+    print(f"\n{args.method} IPC {args.ipc}, student {args.arch}, protocol {protocol['name']} "
+          f"({protocol['labels']} labels), {student_recipe['epochs']} epochs\n")
     print("| seed | float32 set (%) | uint8 set (%) | difference (points) |")
     print("|---:|---:|---:|---:|")
     for seed in args.seeds:
         accuracy = []
         for version in (images, quantised):
-            student = stages.build(cfg, args.arch, seed=seed)
+            student = build(student_spec(cfg, protocol, args.arch), info, seed=seed)
             fit(student, TensorImageDataset(version, labels, real.class_names), student_recipe, device,
                 seed=seed, targets=targets_for(teacher), desc=f"student seed {seed}")
             accuracy.append(100 * evaluate_accuracy(student, test_set, device))

@@ -7,11 +7,13 @@
    (RegionTeacher below: mean of the four cells' softened distributions) is from
    the whole-image target (mean KL at the KD temperature, top-1 agreement, and how often each
    target's top-1 is the image's class).
-4. Students (ConvNet-3) trained with the default config's evaluate recipe by online KD, once
+4. Students (ConvNet-3) trained with the recipe of `--protocol` (a KD protocol; default: the
+   default config's first evaluate.protocols entry) by online KD, once
    with the whole-image teacher and once with the region-wise one, `--seeds` seeds each; top-1
    on the real test set.
 
-    .venv/bin/python benchmarks/rded_labels.py [--threads 2] [--ipc 10] [--seeds 0 1] [--out docs/rded_labels.md]
+    .venv/bin/python benchmarks/rded_labels.py [--threads 2] [--ipc 10] [--seeds 0 1] [--protocol NAME] \\
+        [--out docs/rded_labels.md]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from teddy.errors import TeddyError
 from teddy.methods import DistillTask, get_method
 from teddy.models import build_model
 from teddy.pool import WeakPool
+from teddy.protocols import config_protocol
 from teddy.train import evaluate_accuracy, fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +112,8 @@ def main():
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--teacher-epochs", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--protocol", default=None,
+                    help="KD protocol whose recipe trains the students (default: config.yaml's first)")
     ap.add_argument("--out", default=str(REPO / "docs" / "rded_labels.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,7 +132,8 @@ def main():
     pool = WeakPool([teacher], ["base"])
     sets = {f: get_method("rded")(DistillTask(train, info, pool, args.ipc, {"method": "rded", "factor": f}, seed=0))
             for f in (2, 1)}
-    ev = dict(cfg["evaluate"]["recipe"])
+    protocol = config_protocol(cfg, args.protocol)
+    ev = protocol["recipe"]
     ev["batch_size"] = min(int(ev["batch_size"]), args.ipc * info.num_classes)
     temperature = float(ev["temperature"])
     stitched = sets[2]
@@ -156,14 +162,14 @@ def main():
     a = agreement
     text = f"""# rded: whole-image vs region-wise teacher labels
 
-Written by `.venv/bin/python benchmarks/rded_labels.py --threads {args.threads} --ipc {args.ipc} --teacher-epochs {args.teacher_epochs} --seeds {' '.join(map(str, args.seeds))}`
+Written by `.venv/bin/python benchmarks/rded_labels.py --threads {args.threads} --ipc {args.ipc} --teacher-epochs {args.teacher_epochs} --seeds {' '.join(map(str, args.seeds))} --protocol {protocol['name']}`
 (one run, {datetime.date.today().isoformat()}, {minutes:.1f} min): {platform.machine()}, {os.cpu_count()} CPU cores
 visible (shared with other jobs), torch {torch.__version__}, CPU, {args.threads} thread(s).
 
 Setting: real Fashion-MNIST (training split {len(train)} images, test {len(test)}). Teacher and rded
 observer: ConvNet-3 width 32, the default config's base recipe for {args.teacher_epochs} epochs
 ({100 * teacher_acc:.2f}% test top-1). rded: IPC {args.ipc}, factor 2 (2 x 2 patches of 14 px) and factor 1 (whole crops, the
-small-image setting), 5 crops of each of 300 real images per class. Students: ConvNet-3 width 32, the default config's evaluate recipe
+small-image setting), 5 crops of each of 300 real images per class. Students: ConvNet-3 width 32, the recipe of protocol {protocol['name']}
 ({ev['epochs']} epochs, {ev['optimizer']} lr {ev['lr']}, KD at T = {temperature:g}, flip and shift augmentation),
 online KD from the teacher on each augmented batch: with its whole-image output (the pipeline's
 default, and what the RDED code does), and, on the factor-2 set, region-wise (`RegionTeacher` in benchmarks/rded_labels.py: the mean

@@ -14,7 +14,7 @@ import yaml
 
 from teddy.config import load_config
 from teddy.pool import member_names
-from teddy.report import label_protocols
+from teddy.protocols import cells, config_protocol
 from teddy.shards import shard_count
 from teddy.stages import machine_from_config, stage
 
@@ -22,9 +22,11 @@ from teddy.stages import machine_from_config, stage
 def jobs(cfg: dict):
     """(rule, wildcards, count) of every job of the config's DAG that asks for resources."""
     ev = cfg["evaluate"]
-    labels = label_protocols(cfg)
     methods, seeds = cfg["distill"]["methods"], ev["seeds"]
     pools = sorted({r["pool"] for r in methods.values() if r.get("pool")})
+    # protocols whose teacher outputs rule relabel stores (KD protocols under teacher_outputs: stored)
+    stored = [name for name in ev["protocols"]
+              if ev.get("teacher_outputs") == "stored" and config_protocol(cfg, name)["labels"] == "kd"]
     yield "train_base", {"arch": cfg["base"]["arch"]}, 1
     for p in pools:
         if cfg["pools"][p].get("recipe"):
@@ -35,11 +37,11 @@ def jobs(cfg: dict):
         for m in methods:
             yield "distill", {"method": m, "ipc": ipc, "shard": 0}, shard_count(cfg, m, ipc)  # one job per shard
             yield "gather", {"method": m, "ipc": ipc}, 1
-            if "stored" in labels:
-                yield "relabel", {"method": m, "ipc": ipc, "seed": seeds[0]}, len(seeds)
-            for arch in ev["students"]:
-                yield "evaluate", {"method": m, "ipc": ipc, "arch": arch, "labels": labels[0], "seed": seeds[0]}, \
-                    len(seeds) * len(labels)
+            for name in stored:
+                yield "relabel", {"method": m, "ipc": ipc, "protocol": name, "seed": seeds[0]}, len(seeds)
+            for arch, name in cells(cfg):
+                yield "evaluate", {"method": m, "ipc": ipc, "arch": arch, "protocol": name, "seed": seeds[0]}, \
+                    len(seeds)
 
 
 def threads(cfg: dict, rule: str) -> int:

@@ -3,7 +3,8 @@ split held out of the training set (never the test set).
 
 Reuses the base model and prior snapshots of a finished run of --config (default: the demo's,
 results/fashion_mnist), distills IPC 10 with each candidate, trains a ConvNet student with online
-KD from the base model, and scores it on the validation split. Prints a table and writes --out.
+KD from the base model under the recipe of `--protocol` (default: the config's first
+evaluate.protocols entry), and scores it on the validation split. Prints a table and writes --out.
 
     .venv/bin/python benchmarks/search_teddy_defaults.py [--threads 1] [--seeds 0 1]
     .venv/bin/python benchmarks/search_teddy_defaults.py --config config/fashion_mnist_paper.yaml \
@@ -27,6 +28,7 @@ import yaml
 from teddy.data import TensorImageDataset, dataset_info, load_split
 from teddy.methods import DistillTask, get_method
 from teddy.pool import WeakPool, load_model
+from teddy.protocols import config_protocol
 from teddy.stages import build
 from teddy.train import evaluate_accuracy, fit, targets_for
 
@@ -47,6 +49,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--protocol", default=None, help="evaluation protocol whose recipe trains the students "
+                                                     "(default: the config's first)")
     ap.add_argument("--pools", nargs="+", default=["1,2", "3,4,5", "base"],
                     help="snapshot epochs per candidate pool, comma-separated; 'base' = the single strong model")
     ap.add_argument("--lrs", type=float, nargs="+", default=[0.002, 0.005])
@@ -67,7 +71,8 @@ def main():
     real, val_set = load_split(cfg["dataset"], "train"), load_split(cfg["dataset"], "val")
     teacher, _ = load_model(R / "base" / cfg["base"]["arch"] / "model.pt")
     snapshots = {int(p.stem[5:]): load_model(p)[0] for p in sorted((R / "base/convnet/snapshots").glob("epoch*.pt"))}
-    eval_recipe = cfg["evaluate"]["recipe"]
+    protocol = config_protocol(cfg, args.protocol)
+    eval_recipe = protocol["recipe"]
     base_recipe = {k: v for k, v in cfg["distill"]["methods"]["teddy"].items() if k != "pool"}
 
     pools = {p: (None if p == "base" else [int(e) for e in p.split(",")]) for p in args.pools}
@@ -107,8 +112,8 @@ def main():
         "# Search for the default teddy settings (validation split)", "",
         f"Run {datetime.date.today()} on {platform.machine()} ({torch.get_num_threads()} thread(s)), torch "
         f"{torch.__version__}, by `benchmarks/search_teddy_defaults.py`.", "",
-        f"IPC {args.ipc}; student: convnet with online KD from the base model, the evaluation recipe of "
-        f"{os.path.relpath(args.config, REPO)}; scored on the "
+        f"IPC {args.ipc}; student: convnet with online KD from the base model, the recipe of protocol "
+        f"{protocol['name']} with {os.path.relpath(args.config, REPO)}; scored on the "
         f"{len(val_set)}-image validation split held out of the training set (the test set is never used); "
         f"seeds {args.seeds}.", "",
         table.to_markdown(index=False), "",

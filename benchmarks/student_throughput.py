@@ -4,7 +4,8 @@ gather, normalise, per-image random-resized crop, flip and CutMix there) beside 
 the same networks on random tensors at the same batch on the same device (the student's forward,
 KD loss, backward and optimiser step, plus the teacher's forward: what no data pipeline can beat),
 the ratio, peak GPU memory, and the projected GPU-hours of the ImageNet-1K student grid
-(config/imagenet1k.yaml: methods x IPCs x students x seeds x label protocols, training only).
+(config/imagenet1k.yaml: methods x IPCs x (student, protocol) cells x seeds, each cell at its
+protocol's epochs, training only).
 
 GPU (the figures docs/gpu_loops.md asks for; about 3-4 minutes on an H100 for ResNet-18):
 
@@ -19,8 +20,10 @@ CPU (small sizes; checks that it runs, the figures say nothing about a GPU):
     PYTHONPATH=src .venv/bin/python benchmarks/student_throughput.py --device cpu --image-size 32 \\
         --batch 16 --steps 8 --warmup 2 --classes 10 --threads 1
 
-The recipe is config/imagenet1k.yaml's evaluate recipe (AdamW, KD temperature, crops 0.08-1,
-flip, CutMix, bf16 autocast and channels-last on CUDA) at --batch with no accumulation.
+The recipe is that of `--protocol` (default: config/imagenet1k.yaml's first evaluate.protocols
+entry, sre2l_imagenet1k: AdamW, KD temperature, crops 0.08-1, flip, CutMix) with the config's
+evaluate.amp / channels_last (bf16 autocast and channels-last on CUDA), at --batch with no
+accumulation.
 `--path` picks where the set lies: `device` (uint8 on the device, the default and what evaluate
 does when the set fits evaluate.device_memory_fraction), `memory` (normalised float32 on the
 host, copied per batch) or `stream` (PNGs written to a temporary folder and decoded by
@@ -45,6 +48,8 @@ from teddy.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, TensorImageData
 from teddy.distilled_set import from_uint8
 from teddy.losses import kd_loss
 from teddy.models import build_model
+from teddy.protocols import config_protocol, config_protocols, evaluates
+from teddy.stages.common import student_recipe_settings
 from teddy.student_data import PixelSet
 from teddy.train import autocast_for, compiled, fit, make_optimizer, resolve_device, targets_for
 
@@ -67,7 +72,9 @@ def peak_mb(device: torch.device):
 
 
 def recipe_for(cfg: dict, args, device: torch.device) -> dict:
-    recipe = dict(cfg["evaluate"]["recipe"])
+    """The protocol's recipe as rule evaluate runs it (evaluate.amp / channels_last added), two
+    epochs at --batch."""
+    recipe = student_recipe_settings(config_protocol(cfg, args.protocol)["recipe"], cfg["evaluate"])
     recipe.update({"epochs": 2, "batch_size": args.batch, "accumulate": 1, "checkpoint_every": 10**6,
                    "eval_every": 0, "warmup_epochs": 0})
     if args.compile:
@@ -154,19 +161,24 @@ def ceiling_rate(arch: str, teacher, recipe: dict, args, device: torch.device) -
     return {"images_per_s": args.batch * args.steps / (time.perf_counter() - t0), "peak_gpu_mb": peak_mb(device)}
 
 
-def grid_hours(cfg: dict, rates: dict) -> dict:
+def grid_hours(cfg: dict, rates: dict, timed: str) -> dict:
     """GPU-hours of the config's student grid, training only: epochs x IPC x classes images per
-    run, one run per (method, IPC, student, seed, label protocol), at each student's rate."""
-    ev, recipe = cfg["evaluate"], cfg["evaluate"]["recipe"]
+    run, one run per (method, IPC, seed) of each (student, protocol) cell of a measured student,
+    at the protocol's epochs and the student's rate. A measured student that no protocol of the
+    config evaluates (a stand-in on CPU) is counted under `timed`, the protocol measured."""
+    ev = cfg["evaluate"]
     methods, seeds = list(cfg["distill"]["methods"]), list(ev["seeds"])
-    labels = ev.get("labels", "online_kd")
-    protocols = [labels] if isinstance(labels, str) else list(labels)
+    protocols = config_protocols(cfg)
+    grid_cells = [(arch, name) for arch in rates
+                  for name in ([n for n, p in protocols.items() if evaluates(p, arch)] or [timed])]
+    epochs = {name: int(config_protocol(cfg, name)["recipe"]["epochs"]) for _, name in grid_cells}
     classes = 1000
-    runs = len(methods) * len(seeds) * len(protocols)
-    table = {ipc: {arch: int(recipe["epochs"]) * ipc * classes / rate / 3600 * runs for arch, rate in rates.items()}
+    runs = len(methods) * len(seeds)
+    table = {ipc: {arch: sum(epochs[p] for a, p in grid_cells if a == arch) * ipc * classes / rate / 3600 * runs
+                   for arch, rate in rates.items()}
              for ipc in cfg["distill"]["ipc"]}
-    return {"runs_per_ipc_and_student": runs, "methods": methods, "seeds": seeds, "protocols": protocols,
-            "epochs": int(recipe["epochs"]), "hours": table,
+    return {"runs_per_ipc_and_cell": runs, "methods": methods, "seeds": seeds, "cells": grid_cells,
+            "epochs": epochs, "hours": table,
             "total": sum(h for row in table.values() for h in row.values())}
 
 
@@ -185,6 +197,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8, help="DataLoader workers of --path stream")
     ap.add_argument("--compile", action="store_true", help="recipe compile: true (CUDA only)")
     ap.add_argument("--grid", action="store_true", help="measure every student of the config")
+    ap.add_argument("--protocol", default=None, help="evaluation protocol whose recipe is timed (default: the "
+                                                     "config's first)")
     ap.add_argument("--config", default=str(REPO / "config/imagenet1k.yaml"))
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (default torch's; 1 on a shared machine)")
     ap.add_argument("--json", help="also write the figures here")
@@ -220,10 +234,12 @@ def main() -> None:
             rows[arch] = {"pipeline": pipe, "ceiling": bare, "ratio": pipe["images_per_s"] / bare["images_per_s"]}
             print(f"| {arch} | {pipe['images_per_s']:.1f} | {bare['images_per_s']:.1f} | {rows[arch]['ratio']:.2f} | "
                   f"{pipe['peak_gpu_mb'] or 'n/a'} / {bare['peak_gpu_mb'] or 'n/a'} |", flush=True)
-    grid = grid_hours(cfg, {a: r["pipeline"]["images_per_s"] for a, r in rows.items()})
+    grid = grid_hours(cfg, {a: r["pipeline"]["images_per_s"] for a, r in rows.items()},
+                      config_protocol(cfg, args.protocol)["name"])
+    cells_text = ", ".join(f"{a}/{p} ({grid['epochs'][p]} epochs)" for a, p in grid["cells"])
     print(f"\nProjected hours of the {Path(args.config).name} student grid at the pipeline's rate "
-          f"({len(grid['methods'])} methods x {len(grid['seeds'])} seeds x {len(grid['protocols'])} label "
-          f"protocols, {grid['epochs']} epochs, training only; students measured: {', '.join(rows)}):")
+          f"({len(grid['methods'])} methods x {len(grid['seeds'])} seeds per (student, protocol) cell: {cells_text}; "
+          f"training only; students measured: {', '.join(rows)}):")
     print("| IPC | " + " | ".join(rows) + " | total |")
     print("|---|" + "---|" * (len(rows) + 1))
     for ipc, hours in grid["hours"].items():

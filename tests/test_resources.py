@@ -29,7 +29,7 @@ def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml"):
 
 def test_imagenet1k_resources_grow_with_ipc_and_architecture(tmp_path):
     jobs = _dry_run_resources(tmp_path)
-    ev = lambda ipc, arch: jobs[f"results/imagenet1k/eval/teddy/ipc{ipc}/{arch}/online_kd/seed0.json"]
+    ev = lambda ipc, arch: jobs[f"results/imagenet1k/eval/teddy/ipc{ipc}/{arch}/sre2l_imagenet1k/seed0.json"]
     for arch in ("resnet18", "resnet50", "resnet101", "mobilenet_v2"):
         assert int(ev(10, arch)["runtime"]) < int(ev(50, arch)["runtime"]) < int(ev(100, arch)["runtime"])
         assert int(ev(10, arch)["mem_mb"]) < int(ev(100, arch)["mem_mb"])
@@ -49,7 +49,7 @@ def _imagenet1k():
     return cfg, machine_from_config(cfg)
 
 
-WILDCARDS = {"method": "teddy", "ipc": 50, "shard": 0, "arch": "resnet50", "labels": "online_kd", "seed": 0,
+WILDCARDS = {"method": "teddy", "ipc": 50, "shard": 0, "arch": "resnet50", "protocol": "sre2l_imagenet1k", "seed": 0,
              "pool": "prior", "member": "epoch1"}
 
 

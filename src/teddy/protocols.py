@@ -75,6 +75,12 @@ def config_protocols(cfg: dict) -> dict[str, dict]:
     return {name: load_protocol(name, folder) for name in cfg["evaluate"]["protocols"]}
 
 
+def config_protocol(cfg: dict, name: str | None = None) -> dict:
+    """The protocol `name`, or the first of evaluate.protocols without one (a copy: benchmarks
+    change its recipe)."""
+    return load_protocol(name or cfg["evaluate"]["protocols"][0], protocols_dir(cfg))
+
+
 def evaluates(protocol: dict, arch: str) -> bool:
     return protocol["students"] == "any" or arch in protocol["students"]
 

@@ -48,11 +48,10 @@ def build(cfg: dict, arch: str, seed: int | None = None):
 def student_recipe(cfg: dict, num_images: int, protocol: str | None = None, ipc: int = 1) -> dict:
     """A protocol's recipe at `ipc` (default: the config's first evaluate.protocols entry) with
     the batch for a set of `num_images`, as relabel and evaluate use it (benchmarks)."""
-    from teddy.protocols import cell_recipe, load_protocol, protocols_dir
+    from teddy.protocols import cell_recipe, config_protocol
     from teddy.stages.relabel import student_recipe as for_set
 
-    name = protocol or cfg["evaluate"]["protocols"][0]
-    recipe = cell_recipe(load_protocol(name, protocols_dir(cfg)), ipc)
+    recipe = cell_recipe(config_protocol(cfg, protocol), ipc)
     return for_set({"recipe": recipe}, num_images, Machine(student_compile=bool(cfg["evaluate"].get("compile"))))
 
 
