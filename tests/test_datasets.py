@@ -98,7 +98,7 @@ def test_the_config_loader_refuses_the_fashion_mnist_example(fmnist_root):
     cfg = {"dataset": {"name": "fashion_mnist", "root": str(fmnist_root), "val_fraction": 0.1},
            "base": {"arch": "convnet", "recipe": {"epochs": 1}},
            "distill": {"ipc": [1, 7000], "methods": {"random": {"method": "random"}}},
-           "evaluate": {"students": ["convnet"]}}
+           "evaluate": {"students": ["convnet"], "protocols": ["teddy_small_kd"]}}
     with pytest.raises(TeddyError, match="distill.ipc 7000 is above the 5400 training images of the smallest class"):
         check_config(cfg)
     cfg["distill"]["ipc"] = [1, 10]

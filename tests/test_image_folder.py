@@ -143,7 +143,7 @@ def test_mnist_from_idx_files(tmp_path):
 def base_config(dataset):
     return {"dataset": dataset, "base": {"arch": "convnet", "recipe": {"epochs": 1}},
             "distill": {"ipc": [1], "methods": {"random": {"method": "random"}}},
-            "evaluate": {"students": ["convnet"]}, "arch_options": {"convnet": {"depth": 3}}}
+            "evaluate": {"students": ["convnet"], "protocols": ["teddy_small_kd"]}, "arch_options": {"convnet": {"depth": 3}}}
 
 
 def test_config_load_checks(tmp_path):

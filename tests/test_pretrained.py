@@ -28,7 +28,7 @@ def cfg_for(data_root, weights):
             "arch_options": {"convnet": {"depth": 2, "width": 8}},
             "base": {"arch": "convnet", "weights": str(weights), "recipe": {"epochs": 1, "batch_size": 8, "lr": 0.1}},
             "pools": {}, "distill": {"ipc": [1], "methods": {"random": {"method": "random"}}},
-            "evaluate": {"students": ["convnet"], "seeds": [0], "recipe": {"epochs": 1, "batch_size": 8, "lr": 0.1}}}
+            "evaluate": {"students": ["convnet"], "seeds": [0], "protocols": ["teddy_small_kd"]}}
 
 
 @pytest.mark.parametrize("form", ["state_dict", "checkpoint", "data_parallel"])

@@ -156,7 +156,7 @@ def test_config_check_refuses_a_bad_rded_recipe_when_the_workflow_loads():
     cfg = {"dataset": {"name": "fashion_mnist", "root": "."}, "base": {"arch": "convnet", "recipe": {"epochs": 1}},
            "pools": {"single": {"generator": "single"}, "prior": {"generator": "prior", "epochs": [1]}},
            "distill": {"ipc": [1], "methods": {"r": {"method": "rded", "pool": "single"}}},
-           "evaluate": {"students": ["convnet"], "seeds": [0], "recipe": {}}}
+           "evaluate": {"students": ["convnet"], "seeds": [0], "protocols": ["teddy_small_kd"]}}
     check_config(cfg)
     for recipe, message in [({"factor": 3}, "distill.methods.r.factor=3 does not divide the image size 28"),
                             ({"observer": "epoch1"}, "distill.methods.r.observer 'epoch1' is not a member"),

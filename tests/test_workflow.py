@@ -81,7 +81,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     proc = snakemake(work, "--report", str(report))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     page = report.read_text()
-    for embedded in ("tables/accuracy.html", "plots/accuracy_vs_ipc_online_kd.png"):
+    for embedded in ("tables/accuracy.html", "plots/accuracy_vs_ipc_teddy_small_kd.png"):
         encoded = base64.b64encode((R / embedded).read_bytes()).decode()
         assert encoded[:2000] in page, embedded
     # nothing half-written is left behind
