@@ -124,9 +124,17 @@ def test_killed_distillation_resumes_to_identical_images(fixture_dir, tmp_path):
     finish(start(DISTILL_JOB, {**args, "out": str(tmp_path / "whole")}, tmp_path / "whole"))
     cut = tmp_path / "cut"
     proc = start(DISTILL_JOB, {**args, "out": str(cut)}, cut)
-    # wait until batch 1 is written and batch 2 has a checkpoint, then kill
+    # wait until batch 1 is written and batch 2 has a checkpoint (newer than batch 1's marker: batch
+    # 1's own checkpoint is removed just after its marker is written), then kill
     deadline = time.monotonic() + 120
-    while not ((cut / "batches" / "0.json").exists() and (cut / "distill.ckpt").exists()):
+
+    def second_batch_checkpointed() -> bool:
+        try:
+            return (cut / "distill.ckpt").stat().st_mtime_ns > (cut / "batches" / "0.json").stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+
+    while not second_batch_checkpointed():
         assert proc.poll() is None, "the shard ended before its second batch checkpointed: " + proc.stdout.read()[-2000:]
         assert time.monotonic() < deadline, "no second-batch checkpoint after 120 s"
         time.sleep(0.005)
