@@ -15,7 +15,7 @@ from fixtures import REPO, job_counts, snakemake, write_cifar, write_image_folde
 from teddy.data import load_split
 from teddy.pool import member_names
 from teddy.protocols import cells
-from teddy.shards import method_ipcs, shard_count
+from teddy.shards import method_eval_seeds, method_ipcs, shard_count
 
 # every workflow config (config/protocols/ holds evaluation protocols, validated in tests/test_protocols.py)
 CONFIGS = sorted(str(p.relative_to(REPO / "config")) for p in (REPO / "config").rglob("*.yaml")
@@ -58,8 +58,8 @@ def expected_counts(cfg: dict) -> dict[str, int]:
     counts = {"train_base": 1, "train_prior": sum(1 for p in pools if cfg["pools"][p].get("recipe")),
               "pool_member": sum(len(member_names(cfg["pools"][p])) for p in pools),
               "pool_manifest": len(pools), "distill": shards, "gather": sum(len(method_ipcs(cfg["distill"], m)) for m in cfg["distill"]["methods"]),
-              "evaluate": len(cells(cfg)) * len(cfg["evaluate"]["seeds"])
-              * sum(len(method_ipcs(cfg["distill"], m)) for m in cfg["distill"]["methods"]),
+              "evaluate": len(cells(cfg)) * sum(len(method_ipcs(cfg["distill"], m)) * len(method_eval_seeds(cfg, m))
+                                                for m in cfg["distill"]["methods"]),
               "ceiling": len(cells(cfg)) * len((cfg.get("ceiling") or {}).get("seeds", [0])) if cfg.get("ceiling") else 0,
               "aggregate": 1, "all": 1}
     return {k: v for k, v in counts.items() if v}
@@ -93,11 +93,15 @@ def check_fashion_mnist_paper(name: str, cfg: dict, out: str) -> None:
 
 def check_calibration(name: str, cfg: dict, out: str) -> None:
     """Random subsets (5 at IPC 1 and 10, 3 at 50: one network each, as DC's experiments), herding
-    and the whole set, under the dc protocol (dc_mnist for MNIST)."""
+    (one set, 5 student seeds at IPC 1 and 10, 3 at 50) and the whole set, under the dc protocol
+    (dc_mnist for MNIST)."""
     counts = job_counts(out)
     protocol = "dc_mnist" if name == "calibration_mnist" else "dc"
     assert cfg["evaluate"]["protocols"] == [protocol] and cfg["evaluate"]["seeds"] == [0]
-    assert counts["evaluate"] == 5 + 5 + 3 + 3 and counts["ceiling"] == 1
+    assert counts["evaluate"] == 5 + 5 + 3 + 5 + 5 + 3 and counts["ceiling"] == 1
+    assert f"eval/herding/ipc10/convnet/{protocol}/seed4.json" in out
+    assert f"eval/herding_ipc50/ipc50/convnet/{protocol}/seed2.json" in out and "herding_ipc50/ipc50/convnet/" \
+        f"{protocol}/seed3" not in out
     assert f"eval/random_set4/ipc10/convnet/{protocol}/seed0.json" in out
     assert "eval/random_set2/ipc50/" in out and "eval/random_set3/ipc50/" not in out
 

@@ -215,6 +215,22 @@ def test_evaluate_settings_hold_the_process_count(pipeline):
     assert ev.settings(cfg, wc) != before
 
 
+def test_a_methods_eval_seeds_choose_its_students_and_leave_its_set_alone(pipeline):
+    from teddy.report import requested_cells
+    from teddy.shards import method_eval_seeds
+
+    cfg = copy.deepcopy(pipeline["cfg"])
+    dist, wc = stage("distill"), {"method": "teddy", "ipc": 2, "shard": 0}
+    before = dist.settings(cfg, wc)
+    assert method_eval_seeds(cfg, "teddy") == [int(s) for s in cfg["evaluate"]["seeds"]]
+    cfg["distill"]["methods"]["teddy"]["eval_seeds"] = [3, 7]
+    assert method_eval_seeds(cfg, "teddy") == [3, 7] and dist.settings(cfg, wc) == before
+    cells = requested_cells(stage("aggregate").settings(cfg, {}))  # the tables' cells
+    assert set(cells.loc[cells["method"] == "teddy", "seed"]) == {3, 7}
+    others = cells.loc[cells["method"] != "teddy", "seed"]
+    assert set(others) == {int(s) for s in cfg["evaluate"]["seeds"]}
+
+
 # ---- the config loader -------------------------------------------------------------------------
 
 def _demo(tmp_path):

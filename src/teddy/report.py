@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from teddy.errors import TeddyError
-from teddy.shards import method_ipcs
+from teddy.shards import method_eval_seeds, method_ipcs
 
 CEILING_NAME = "ceiling (whole train set)"
 KIND_ORDER = {"ceiling": 0, "measured": 1, "published": 2, "unmatched": 3}
@@ -75,11 +75,11 @@ def run_protocols(cfg: dict) -> list[str]:
 
 def requested_cells(cfg: dict) -> pd.DataFrame:
     """Every (method, ipc, arch, protocol, seed) the config asks evaluate for: methods x ipc x
-    evaluate.cells x seeds, at each method's IPCs (its `ipc` list, else distill.ipc)."""
-    ev = cfg["evaluate"]
-    rows = [(method, int(ipc), arch, protocol, int(seed))
+    evaluate.cells x seeds, at each method's IPCs (its `ipc` list, else distill.ipc) and seeds (its
+    `eval_seeds`, else evaluate.seeds)."""
+    rows = [(method, int(ipc), arch, protocol, seed)
             for method in cfg["distill"]["methods"] for ipc in method_ipcs(cfg["distill"], method)
-            for arch, protocol in cell_pairs(cfg) for seed in ev["seeds"]]
+            for arch, protocol in cell_pairs(cfg) for seed in method_eval_seeds(cfg, method)]
     return pd.DataFrame(rows, columns=["method", "ipc", "arch", "protocol", "seed"])
 
 

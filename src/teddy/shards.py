@@ -86,6 +86,13 @@ def method_ipcs(distill: dict, method_name: str) -> list[int]:
     return [int(i) for i in (recipe.get("ipc") or distill["ipc"])]
 
 
+def method_eval_seeds(cfg: dict, method_name: str) -> list[int]:
+    """The seeds a method's students are trained with: its own `eval_seeds`, else evaluate.seeds
+    (a deterministic selection such as herding varies only with the student's seed)."""
+    recipe = cfg["distill"]["methods"][method_name]
+    return [int(s) for s in (recipe.get("eval_seeds") or cfg["evaluate"]["seeds"])]
+
+
 def method_shards(cfg: dict, method_name: str, ipc: int, classes: int) -> list[range]:
     """recipe_shards of one (method, IPC) of the config."""
     return recipe_shards(cfg["distill"]["methods"][method_name], ipc, classes, cfg["distill"].get("batches_per_shard"))

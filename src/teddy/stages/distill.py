@@ -30,8 +30,9 @@ from teddy.train import resolve_device
 # tests/test_stack.py): they reach the job through the Machine, so changing them reruns nothing
 # and a rerun shard keeps its finished batches
 SPEED_KEYS = ("stack", "compile")
-# keys of a method's entry that say which sets are made, not how: the set's seed and its IPCs
-SET_KEYS = ("seed", "ipc")
+# keys of a method's entry that say which sets are made, not how: the set's seed and its IPCs; and
+# how many students evaluate them (eval_seeds)
+SET_KEYS = ("seed", "ipc", "eval_seeds")
 
 
 def method_recipe(cfg: dict, method: str) -> dict:
