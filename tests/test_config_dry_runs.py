@@ -114,9 +114,21 @@ def check_pool_ablation(name: str, cfg: dict, out: str) -> None:
     assert counts["evaluate"] == 27
 
 
+def check_dc_comparison(name: str, cfg: dict, out: str) -> None:
+    """teddy's gradient form with its prior pool, the same matching with a fresh model per
+    iteration, at IPC 1 and 10, and the unrolled bilevel objective at IPC 1, under the dc protocol."""
+    assert cfg["evaluate"]["protocols"] == ["dc"] and cfg["distill"]["ipc"] == [1, 10]
+    assert {m["method"] for m in cfg["distill"]["methods"].values()} == {"teddy", "bilevel"}
+    counts = job_counts(out)
+    assert counts["evaluate"] == (2 * 2 + 1) * 3 and counts["distill"] == 5
+    assert counts["pool_member"] == 2 and "pool/fresh" not in out  # the fresh pool has no members
+    assert "eval/gradient_fresh/ipc10/convnet/dc/seed2.json" in out
+
+
 CHECKS = {**{f"{name}.yaml": check_paper_config for name in PAPER_CONFIGS},
           "fashion_mnist_paper.yaml": check_fashion_mnist_paper, "ablations/pool.yaml": check_pool_ablation,
-          "calibration.yaml": check_calibration, "calibration_mnist.yaml": check_calibration}
+          "calibration.yaml": check_calibration, "calibration_mnist.yaml": check_calibration,
+          "dc_comparison.yaml": check_dc_comparison}
 
 
 def test_the_checks_name_shipped_configs():

@@ -10,9 +10,10 @@ from teddy.methods import METHODS, DistillTask, get_method
 from teddy.methods.base import chosen_real
 from teddy.methods.bilevel import unrolled_loss
 from teddy.methods.herding import herd
-from teddy.methods.teddy import check_gradient_cache, gradient_loss_fn, real_gradients, statistics_loss_fn
+from teddy.methods.teddy import (check_gradient_cache, fresh_gradient_loss_fn, gradient_loss_fn, real_gradients,
+                                 statistics_loss_fn)
 from teddy.models import build_model
-from teddy.pool import WeakPool
+from teddy.pool import FreshModelPool, WeakPool
 from teddy.shards import batch_plan, batch_seed, num_batches, shard_ranges
 
 INFO = DatasetInfo("toy", 10, 1, 28, (0.3,), (0.3,))
@@ -100,6 +101,32 @@ def test_gradient_matching_is_zero_when_synthetic_and_real_gradients_coincide():
     assert same.item() < 1e-4
     other, _ = loss_fn(pool.members[0], torch.randn_like(real.images), real.targets, 0)
     assert other.item() > 1.0
+
+
+def test_fresh_gradient_matching_computes_the_real_gradients_at_the_drawn_model():
+    real = _toy_set(40)  # 4 images per class, fewer than real_batch_per_class: every one is used
+    loss_fn = fresh_gradient_loss_fn(real, 10, 64, seed=0)
+    model = _pool(1).members[0]
+    same, _ = loss_fn(model, real.images, real.targets, 0)
+    assert same.item() < 1e-4
+    other, _ = loss_fn(model, torch.randn_like(real.images), real.targets, 0)
+    assert other.item() > 1.0
+    with pytest.raises(TeddyError, match="real_batch_per_class"):
+        fresh_gradient_loss_fn(real, 10, 0, seed=0)
+
+
+def test_gradient_matching_with_a_fresh_pool_is_reproducible():
+    real = _toy_set()
+    recipe = {**BASE, "iterations": 3, "matching": "gradient", "real_batch_per_class": 4}
+
+    def run():
+        pool = FreshModelPool(lambda: build_model("convnet", 10, 1, 28, **TINY), real,
+                              {"batch_size": 32, "optimizer": "sgd", "lr": 0.05}, steps=2)
+        return get_method("teddy")(DistillTask(real, INFO, pool, 1, recipe, seed=0))
+    first, again = run(), run()
+    start = get_method("random")(DistillTask(real, INFO, None, 1, {}, seed=0))
+    assert torch.isfinite(first.images).all() and not torch.equal(first.images, start.images)
+    assert torch.equal(first.images, again.images)
 
 
 def test_gradient_cache_that_does_not_match_the_pool_raises():

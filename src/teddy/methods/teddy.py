@@ -13,9 +13,13 @@ so a gradient does not depend on the batch size or class mix (the real side uses
 one class, the synthetic side IPC), and the cached gradients are those of the frozen function
 the pool holds.
 
+With a `fresh` pool (a new model trained from random init at every iteration: DC's way of drawing
+models, the control for the cached pool) nothing can be cached: each iteration computes the real
+gradient of every class in the batch at the drawn model, from `real_batch_per_class` real images.
+
 Recipe keys: matching, alpha, first_bn_weight, ce_weight (statistics); real_batch_per_class,
 gradient_cache (gradient: a file to keep the real gradients in; reused when present, and then
-it must match the pool).
+it must match the pool; unused with a fresh pool).
 """
 
 from __future__ import annotations
@@ -68,12 +72,16 @@ def class_gradients(model: torch.nn.Module, x: torch.Tensor, label: int, create_
     return torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
 
 
+def check_real_batch(per_class: int) -> None:
+    if per_class < 1:
+        raise TeddyError(f"real_batch_per_class must be >= 1, got {per_class} (recipe key real_batch_per_class)")
+
+
 def real_gradients(pool, real, num_classes: int, per_class: int, generator: torch.Generator,
                    device: torch.device) -> dict:
     """The cache: for each pool member and class, the real-data gradient from `per_class` random
     real images of that class (all of them when the class has fewer)."""
-    if per_class < 1:
-        raise TeddyError(f"real_batch_per_class must be >= 1, got {per_class} (recipe key real_batch_per_class)")
+    check_real_batch(per_class)
     chosen = [idx[torch.randperm(len(idx), generator=generator)[:per_class]]
               for idx in class_indices(real.targets, num_classes)]
     grads = []
@@ -134,6 +142,27 @@ def gradient_loss_fn(pool, cache: dict):
     return loss_fn
 
 
+def fresh_gradient_loss_fn(real, num_classes: int, per_class: int, seed: int):
+    """gradient_loss_fn for a fresh pool: every model is new, so the real-data gradient of each
+    class in the batch is computed at it, from `per_class` real images of the class drawn by a
+    generator seeded from (seed, iteration), so a resumed run draws the same images."""
+    check_real_batch(per_class)
+    by_class = class_indices(real.targets, num_classes)
+
+    def loss_fn(model, x, y, iteration):
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(iteration))
+        total = x.new_zeros(())
+        for c in torch.unique(y).tolist():
+            idx = by_class[c]
+            if len(idx) == 0:
+                raise TeddyError(f"gradient matching: class {c} has no real images")
+            x_real, _ = stack_items(real, idx[torch.randperm(len(idx), generator=generator)[:per_class]])
+            target = [g.detach() for g in class_gradients(model, x_real.to(x.device), c, create_graph=False)]
+            total = total + gradient_distance(class_gradients(model, x[y == c], c, create_graph=True), target)
+        return total, {"grad": total.detach()}
+    return loss_fn
+
+
 MATCHING = ("statistics", "gradient")
 
 
@@ -149,10 +178,11 @@ def distill(task: DistillTask) -> Distilled:
     if matching == "statistics":
         loss_fn = statistics_loss_fn(task.recipe)
     else:
-        if not hasattr(task.pool, "members"):
-            raise TeddyError("gradient matching caches real gradients per pool member, so it needs a pool of "
-                             "stored members, not a fresh one (recipe keys matching / pool)")
-        # its own generator, so the synthetic run is the same whether the cache was made or loaded
-        cache = load_or_make_gradient_cache(task, torch.Generator().manual_seed(task.seed + 1))
-        loss_fn = gradient_loss_fn(task.pool, cache)
+        per_class = int(task.recipe["real_batch_per_class"])
+        if not hasattr(task.pool, "members"):  # a fresh pool: no member to cache gradients for
+            loss_fn = fresh_gradient_loss_fn(task.real, task.info.num_classes, per_class, task.seed + 1)
+        else:
+            # its own generator, so the synthetic run is the same whether the cache was made or loaded
+            cache = load_or_make_gradient_cache(task, torch.Generator().manual_seed(task.seed + 1))
+            loss_fn = gradient_loss_fn(task.pool, cache)
     return run_batches(task, loss_fn, desc=f"teddy-{matching} ipc{task.ipc}")
