@@ -15,6 +15,7 @@ from teddy.pool import load_model
 from teddy.protocols import load_protocol, protocols_dir, student_spec, whole_set_recipe
 from teddy.stages.common import Machine, build, dataset_cfg, dataset_settings, first, student_recipe_settings, \
     training_request, train_images
+from teddy.stages.evaluate import labels_of
 from teddy.resume import remove_checkpoint
 from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
 
@@ -23,10 +24,10 @@ def settings(cfg: dict, wildcards: dict) -> dict:
     arch, name = str(wildcards["arch"]), str(wildcards["protocol"])
     protocol = load_protocol(name, protocols_dir(cfg))
     recipe = whole_set_recipe(protocol, cfg["ceiling"]["epochs"])
-    recipe.pop("batch_size_doubled_from_classes", None)
-    return {"dataset": dataset_settings(cfg), "protocol": name, "recipe": student_recipe_settings(recipe, cfg["evaluate"]),
-            "model": student_spec(cfg, protocol, arch), "arch": arch,
-            "labels": "online_kd" if protocol["labels"] == "kd" else "hard", "seed": int(wildcards["seed"])}
+    # a ceiling's teacher, when its protocol has one, is always online (no store of the whole set)
+    return {"dataset": dataset_settings(cfg), "protocol": name,
+            "recipe": student_recipe_settings(recipe, cfg["evaluate"]), "model": student_spec(cfg, protocol, arch),
+            "arch": arch, "labels": labels_of(protocol, "online"), "seed": int(wildcards["seed"])}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
@@ -51,7 +52,8 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     model = build(settings["model"], info, seed=seed)
     t0 = time.perf_counter()
     fit(model, train_set, {"eval_every": 0, **settings["recipe"]}, device, seed=seed,
-        targets=targets_for(teacher), checkpoint_path=checkpoint, desc=f"ceiling {arch} {protocol} seed{seed}", info=info)
+        targets=targets_for(teacher), checkpoint_path=checkpoint, desc=f"ceiling {arch} {protocol} seed{seed}",
+        info=info)
     result = {"arch": arch, "protocol": protocol, "labels": labels, "seed": seed, "train_images": len(train_set),
               "test_accuracy": evaluate_accuracy(model, load_split(data, "test"), device),
               "train_seconds": time.perf_counter() - t0, "peak_gpu_mb": peak_gpu_memory_mb()}
