@@ -66,7 +66,7 @@ def test_the_epoch_level_nan_guard_off_cpu_names_the_epoch_and_keeps_results_exa
     """What CUDA runs do (the running loss stays on the device, the guard reads it once per
     epoch), exercised on CPU: the same mean loss, and a non-finite loss still stops the run."""
     from teddy.student_data import StudentData, plan_epoch
-    from teddy.train import HardLabels, cosine_with_warmup, make_optimizer, train_one_epoch
+    from teddy.train import HardLabels, lr_schedule, make_optimizer, train_one_epoch
 
     data = _toy_set(40)
 
@@ -77,7 +77,7 @@ def test_the_epoch_level_nan_guard_off_cpu_names_the_epoch_and_keeps_results_exa
         optimizer = make_optimizer(model.parameters(), recipe)
         plan = plan_epoch(40, 16, 28, {"flip": True, "max_shift": 2}, torch.Generator().manual_seed(0))
         return train_one_epoch(model, StudentData(data, 28, CPU).epoch(plan), HardLabels().configure(recipe, CPU),
-                               optimizer, cosine_with_warmup(optimizer, 3), device=CPU,
+                               optimizer, lr_schedule(optimizer, {"epochs": 3}, 1), device=CPU,
                                check_each_step=check_each_step)
 
     assert one_epoch(False) == one_epoch(True) == one_epoch(None)

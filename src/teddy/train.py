@@ -64,10 +64,6 @@ def make_optimizer(params, recipe: dict) -> torch.optim.Optimizer:
     raise TeddyError(f"unknown optimizer '{name}' (recipe key optimizer)")
 
 
-def cosine_with_warmup(optimizer, total_steps: int, warmup_steps: int = 0):
-    return lr_schedule(optimizer, {"epochs": total_steps, "warmup_epochs": warmup_steps}, 1)
-
-
 SCHEDULES = ("cosine", "half_cosine", "step", "constant")
 
 
