@@ -6,7 +6,7 @@ import pytest
 from fixtures import REPO
 from teddy.errors import TeddyError
 from teddy.protocols import known_protocols as protocol_files
-from teddy.published import COLUMNS, PEER_PROTOCOLS, known_protocols, load_published
+from teddy.published import COLUMNS, PEER_PROTOCOLS, load_published, row_protocols
 
 HEADER = ",".join(COLUMNS)
 PUBLISHED = REPO / "config" / "published"
@@ -26,7 +26,7 @@ def test_shipped_published_files_load_with_one_schema():
 
 
 def test_every_shipped_csv_loads_with_the_known_protocol_names():
-    names = known_protocols()  # the shipped protocol files and the peers' we name only
+    names = row_protocols()  # the shipped protocol files and the peers' we name only
     assert set(protocol_files()) <= set(names) and set(PEER_PROTOCOLS) <= set(names)
     for path in sorted(PUBLISHED.glob("*.csv")):
         table = load_published(path)
@@ -77,8 +77,8 @@ def test_the_known_protocol_names_are_a_parameter(tmp_path):
     folder.mkdir()
     for name in ("dc", "my_protocol"):
         (folder / f"{name}.yaml").write_text(f"name: {name}\n")
-    assert known_protocols(folder) == ("dc", "my_protocol") + PEER_PROTOCOLS
-    assert list(load_published(tmp_path, protocols=known_protocols(folder))["method"]) == ["x"]
+    assert row_protocols(folder) == ("dc", "my_protocol") + PEER_PROTOCOLS
+    assert list(load_published(tmp_path, protocols=row_protocols(folder))["method"]) == ["x"]
 
 
 @pytest.mark.parametrize("row, field", [
@@ -105,7 +105,7 @@ def test_an_unknown_protocol_lists_the_known_ones(tmp_path):
         load_published(tmp_path)
     message = str(error.value)
     assert "\n" not in message and str(tmp_path / "p.csv") + " line 2" in message
-    assert all(name in message for name in known_protocols()) and "'unstated'" in message
+    assert all(name in message for name in row_protocols()) and "'unstated'" in message
 
 
 def test_a_wrong_header_or_field_count_is_named(tmp_path):

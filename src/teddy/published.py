@@ -30,12 +30,12 @@ UNSTATED = "unstated"
 PEER_PROTOCOLS = ("gvbsm", "edc", "mtt", "cim")
 
 
-def known_protocols(protocol_dir=None) -> tuple[str, ...]:
+def row_protocols(protocol_dir=None) -> tuple[str, ...]:
     """The protocol names a published row may carry (besides `unstated`): the protocol files of
     `protocol_dir` (default the repository's config/protocols/) plus PEER_PROTOCOLS."""
-    from teddy.protocols import PROTOCOLS_DIR, known_protocols as files
+    from teddy.protocols import PROTOCOLS_DIR, known_protocols
 
-    stems = files(protocol_dir or PROTOCOLS_DIR)
+    stems = known_protocols(protocol_dir or PROTOCOLS_DIR)
     return tuple(stems) + tuple(p for p in PEER_PROTOCOLS if p not in stems)
 
 
@@ -86,8 +86,8 @@ def _parse_row(fields: dict, where: str, protocols) -> dict:
 
 
 def read_published_file(path, protocols=None) -> list[dict]:
-    """The rows of one file; `protocols`: the known protocol names (default known_protocols())."""
-    protocols = known_protocols() if protocols is None else tuple(protocols)
+    """The rows of one file; `protocols`: the known protocol names (default row_protocols())."""
+    protocols = row_protocols() if protocols is None else tuple(protocols)
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
@@ -113,7 +113,7 @@ def read_published_file(path, protocols=None) -> list[dict]:
 def load_published(path, dataset: str | None = None, protocols=None) -> pd.DataFrame:
     """Every published row (of `dataset` when given), as a DataFrame with the COLUMNS; `ipc` is
     a nullable integer (NA: whole training set). `protocols`: the known protocol names (e.g.
-    known_protocols(config/protocols)); default known_protocols(). A row whose protocol is neither
+    row_protocols(config/protocols)); default row_protocols(). A row whose protocol is neither
     known nor `unstated` stops with its file and line."""
     rows = [row for p in published_files(path) for row in read_published_file(p, protocols)]
     table = pd.DataFrame(rows, columns=COLUMNS)
