@@ -1,14 +1,18 @@
 """The calibration table: our random-subset, herding and whole-set rows under the dc protocol
-beside DC's published baselines (config/calibration.yaml, config/calibration_mnist.yaml).
+beside DC's published baselines (config/calibration.yaml, config/calibration_mnist.yaml); with
+config/dc_comparison.yaml, each distilled entry's row (and its distillation time) under the same
+protocol.
 
 DC's random row is a mean over experiments, each a new random subset evaluated by its networks;
 ours pools the config's `random` method entries (one subset each, `distill.methods.<name>.seed`)
-with one network per subset, so both stds mix subsets and networks. A random cell passes when
+with one network per subset, so both stds mix subsets and networks. Herding's set is
+deterministic: its entries' networks (`eval_seeds`) are its experiments. A random cell passes when
 abs(ours - theirs) <= 2 sqrt(std_ours^2 + std_theirs^2). Herding and the whole set are reported
 beside their published values (herding: none in METHOD.md). Extra networks on one subset (the
 `random` entry's other seeds, when present) are listed as the network-only spread.
 
     .venv/bin/python benchmarks/calibration_table.py [--configfile config/calibration.yaml] [--out F]
+    .venv/bin/python benchmarks/calibration_table.py --configfile config/dc_comparison.yaml
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ import yaml
 from teddy.config import load_config
 from teddy.protocols import cells
 from teddy.published import load_published
-from teddy.shards import method_ipcs
+from teddy.shards import method_eval_seeds, method_ipcs
 
 REPO = Path(__file__).resolve().parents[1]
+SELECTION = ("random", "herding")  # baselines whose published rows DC's Table 1 gives
+REFERENCE = "dc"  # the published method a distilled entry's row is set beside (teddy's gradient form is DC's objective)
 
 
 def mean_std(values: list[float]) -> tuple[float, float, int]:
@@ -51,6 +57,16 @@ def seconds(results: Path, kind: str, rel: str) -> float:
     return float(pd.read_csv(path, sep="\t")["s"].iloc[0]) if path.is_file() else 0.0
 
 
+def distill_cost(results: Path, name: str, ipc: int) -> str:
+    """Wall and CPU time of a set's distillation shards (Snakemake benchmark files; a resumed
+    shard counts its last attempt only)."""
+    paths = sorted((results / "benchmarks" / "distill" / name / f"ipc{ipc}").glob("shard*.tsv"))
+    if not paths:
+        return ""
+    rows = pd.concat([pd.read_csv(p, sep="\t") for p in paths])
+    return f"{rows['s'].sum() / 60:.1f} min wall, {rows['cpu_time'].sum() / 60:.1f} min CPU"
+
+
 def table(cfg: dict) -> tuple[str, float]:
     results = Path(cfg["results_dir"])
     dataset = cfg["dataset"]["name"]
@@ -62,9 +78,9 @@ def table(cfg: dict) -> tuple[str, float]:
                   "| row | IPC | ours (top-1 %) | published (DC Table 1) | within 2σ | our runs' wall time |",
                   "|---|---|---|---|---|---|"]
         methods = cfg["distill"]["methods"]
-        groups: dict[str, list[str]] = {}
+        groups: dict[str, list[str]] = {}  # a selection baseline's entries pool; any other entry is its own row
         for name, recipe in methods.items():
-            groups.setdefault(recipe["method"], []).append(name)
+            groups.setdefault(recipe["method"] if recipe["method"] in SELECTION else name, []).append(name)
         ipcs = sorted({i for name in methods for i in method_ipcs(cfg["distill"], name)})
         for family, names in groups.items():
             for ipc in ipcs:
@@ -72,16 +88,22 @@ def table(cfg: dict) -> tuple[str, float]:
                 for name in names:
                     if ipc not in method_ipcs(cfg["distill"], name):
                         continue
-                    for seed in cfg["evaluate"]["seeds"]:
+                    for seed in method_eval_seeds(cfg, name):
                         rel = f"{name}/ipc{ipc}/{arch}/{protocol}/seed{seed}"
                         result = read(results / "eval" / f"{rel}.json")
                         if result is not None:
                             accs.append(result["test_accuracy"])
                             wall += seconds(results, "evaluate", rel)
                 total += wall
+                if not accs and family not in SELECTION:
+                    continue  # not run at this IPC
                 mean, std, n = mean_std(accs) if accs else (float("nan"), float("nan"), 0)
-                target = ours[(ours["method"] == family) & (ours["ipc"] == ipc)]
-                if target.empty:
+                target = ours[(ours["method"] == (family if family in SELECTION else REFERENCE)) & (ours["ipc"] == ipc)]
+                if family not in SELECTION:  # a distilled set: DC's figure beside it, no pass/fail
+                    theirs = f"{REFERENCE.upper()}: {text(float(target.iloc[0]['top1']), float('nan'))}" \
+                        if not target.empty else "none given"
+                    verdict = "–"
+                elif target.empty:
                     theirs, verdict = "none given", "–"
                 else:
                     t = target.iloc[0]
@@ -93,8 +115,15 @@ def table(cfg: dict) -> tuple[str, float]:
                                   f"(Δ {abs(mean - float(t['top1'])):.2f}, bound {bound:.2f})"
                     else:
                         verdict = "needs 2 runs"
-                label = f"{family} ({len(accs)} subsets, one network each)" if family == "random" else family
+                label = (f"{family} ({len(accs)} subsets, one network each)" if family == "random"
+                         else f"{family} (one set, {len(accs)} network{'' if len(accs) == 1 else 's'})")
+                if family not in SELECTION:
+                    cost = distill_cost(results, family, ipc)
+                    label += f"; distilled in {cost}" if cost else ""
                 lines.append(f"| {label} | {ipc} | {text(mean, std)} | {theirs} | {verdict} | {wall / 60:.1f} min |")
+        if not cfg.get("ceiling"):
+            lines.append("")
+            continue
         whole = [read(p) for p in sorted((results / "ceiling" / arch / protocol).glob("seed*.json"))]
         whole = [w for w in whole if w]
         target = ours[(ours["method"] == "whole dataset")]
