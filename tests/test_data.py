@@ -5,7 +5,7 @@ import torch
 
 from fixtures import write_cifar, write_fashion_mnist, write_image_folder
 from teddy.augment import pixel_bounds
-from teddy.data import batches, dataset_info, load_split, split_counts, split_indices
+from teddy.data import batches, dataset_info, draw_indices, load_split, split_counts, split_indices
 from teddy.errors import TeddyError
 
 
@@ -97,3 +97,12 @@ def test_reorganise_raw_tiny_imagenet_val(tmp_path):
     assert len(test) == 6 and sorted(set(test.targets.tolist())) == [0, 1, 2]
     with pytest.raises(TeddyError, match="val_annotations"):
         reorganise_tiny_imagenet_val(tmp_path / "nothing")
+
+
+def test_draw_indices_draws_distinct_members_reproducibly_and_all_when_short():
+    idx = torch.arange(100, 120)
+    drawn = draw_indices(idx, 5, torch.Generator().manual_seed(1))
+    assert len(drawn) == 5 and len(set(drawn.tolist())) == 5 and set(drawn.tolist()) <= set(idx.tolist())
+    assert torch.equal(drawn, draw_indices(idx, 5, torch.Generator().manual_seed(1)))
+    assert not torch.equal(drawn, draw_indices(idx, 5, torch.Generator().manual_seed(2)))
+    assert sorted(draw_indices(idx, 50, torch.Generator().manual_seed(1)).tolist()) == idx.tolist()

@@ -235,6 +235,12 @@ def class_indices(targets: torch.Tensor, num_classes: int) -> list[torch.Tensor]
     return [torch.nonzero(targets == c, as_tuple=False).flatten() for c in range(num_classes)]
 
 
+def draw_indices(idx: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` of the indices `idx`, drawn at random without replacement (all of them, shuffled,
+    when there are fewer)."""
+    return idx[torch.randperm(len(idx), generator=generator)[:count]]
+
+
 def stack_items(dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
     """Materialise some items of any dataset as (images, labels) tensors."""
     if isinstance(dataset, TensorImageDataset):

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from teddy.augment import apply_augment, pixel_bounds, sample_augment_params
-from teddy.data import DatasetInfo, class_indices, stack_items
+from teddy.data import DatasetInfo, class_indices, draw_indices, stack_items
 from teddy.errors import TeddyError
 from teddy.pool import WeakPool
 from teddy.shards import batch_plan, batch_seed
@@ -96,7 +96,7 @@ def real_indices_per_class(task: DistillTask) -> list[torch.Tensor]:
 
 def chosen_real(task: DistillTask, generator: torch.Generator) -> list[torch.Tensor]:
     """Per class, the indices of `ipc` random real images (index j is image j of the class)."""
-    return [idx[torch.randperm(len(idx), generator=generator)[: task.ipc]] for idx in real_indices_per_class(task)]
+    return [draw_indices(idx, task.ipc, generator) for idx in real_indices_per_class(task)]
 
 
 def select_real(task: DistillTask, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

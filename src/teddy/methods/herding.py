@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from teddy.data import batches, stack_items
+from teddy.data import batches, draw_indices, stack_items
 from teddy.errors import TeddyError
 from teddy.methods.base import Distilled, DistillTask, real_indices_per_class, single_pool_model
 from teddy.methods.registry import register_method
@@ -64,7 +64,7 @@ def distill(task: DistillTask) -> Distilled:
     selected = []
     for idx in per_class:
         if cap is not None:
-            idx = idx[torch.randperm(len(idx), generator=generator)[: int(cap)]].sort().values
+            idx = draw_indices(idx, int(cap), generator).sort().values
         features = F.normalize(penultimate_features(model, task.real.subset(idx), task.info.num_classes,
                                                     task.device), dim=1)
         selected.append(idx[herd(features, task.ipc)])

@@ -45,7 +45,7 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.functional import resized_crop
 from tqdm import tqdm
 
-from teddy.data import TensorImageDataset, batches
+from teddy.data import TensorImageDataset, batches, draw_indices
 from teddy.errors import TeddyError
 from teddy.methods.base import Distilled, DistillTask, real_indices_per_class
 from teddy.methods.registry import full_recipe, register_method
@@ -180,7 +180,7 @@ def distill(task: DistillTask) -> Distilled:
         if len(idx) < max(wanted, needed):
             raise TeddyError(f"class {c} has {len(idx)} real images, fewer than the {max(wanted, needed)} asked for "
                              f"(rded recipe keys candidates_per_class, IPC x factor^2)")
-        chosen.append(idx[torch.randperm(len(idx), generator=generator)[:wanted]])
+        chosen.append(draw_indices(idx, wanted, generator))
     images, labels, class_scores = [], [], []
     for c, real in enumerate(tqdm(class_batches(task.real, chosen, task.device), total=len(chosen),
                                   desc="rded classes", file=sys.stderr, mininterval=5)):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from teddy.data import class_indices, stack_items
+from teddy.data import class_indices, draw_indices, stack_items
 from teddy.errors import TeddyError
 from teddy.io import load_torch, save_torch
 from teddy.losses import bn_statistics_loss, bn_statistics_losses, gradient_distance
@@ -77,13 +77,23 @@ def check_real_batch(per_class: int) -> None:
         raise TeddyError(f"real_batch_per_class must be >= 1, got {per_class} (recipe key real_batch_per_class)")
 
 
+def class_matching_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, target_of) -> tuple:
+    """DC's per-class objective: the sum over the classes in the batch of the distance between the
+    synthetic images' gradient and `target_of(c)`, the real-data gradient of class c at `model`.
+    One small forward per class: in eval mode this equals slicing a full-batch forward, and each
+    double-backward graph then spans only that class's images."""
+    total = x.new_zeros(())
+    for c in torch.unique(y).tolist():
+        total = total + gradient_distance(class_gradients(model, x[y == c], c, create_graph=True), target_of(c))
+    return total, {"grad": total.detach()}  # read when logged
+
+
 def real_gradients(pool, real, num_classes: int, per_class: int, generator: torch.Generator,
                    device: torch.device) -> dict:
     """The cache: for each pool member and class, the real-data gradient from `per_class` random
     real images of that class (all of them when the class has fewer)."""
     check_real_batch(per_class)
-    chosen = [idx[torch.randperm(len(idx), generator=generator)[:per_class]]
-              for idx in class_indices(real.targets, num_classes)]
+    chosen = [draw_indices(idx, per_class, generator) for idx in class_indices(real.targets, num_classes)]
     grads = []
     for model in pool.members:
         model.eval()
@@ -131,14 +141,12 @@ def gradient_loss_fn(pool, cache: dict):
 
     def loss_fn(model, x, y, iteration):
         real = cached[member_index[id(model)]]
-        total = x.new_zeros(())
-        # one small forward per class: in eval mode this equals slicing a full-batch forward,
-        # and each double-backward graph then spans only that class's images
-        for c in torch.unique(y).tolist():
+
+        def target_of(c):
             if real[c] is None:
                 raise TeddyError(f"gradient matching: class {c} has no real images in the gradient cache")
-            total = total + gradient_distance(class_gradients(model, x[y == c], c, create_graph=True), real[c])
-        return total, {"grad": total.detach()}  # read when logged
+            return real[c]
+        return class_matching_loss(model, x, y, target_of)
     return loss_fn
 
 
@@ -151,15 +159,13 @@ def fresh_gradient_loss_fn(real, num_classes: int, per_class: int, seed: int):
 
     def loss_fn(model, x, y, iteration):
         generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(iteration))
-        total = x.new_zeros(())
-        for c in torch.unique(y).tolist():
-            idx = by_class[c]
-            if len(idx) == 0:
+
+        def target_of(c):
+            if len(by_class[c]) == 0:
                 raise TeddyError(f"gradient matching: class {c} has no real images")
-            x_real, _ = stack_items(real, idx[torch.randperm(len(idx), generator=generator)[:per_class]])
-            target = [g.detach() for g in class_gradients(model, x_real.to(x.device), c, create_graph=False)]
-            total = total + gradient_distance(class_gradients(model, x[y == c], c, create_graph=True), target)
-        return total, {"grad": total.detach()}
+            x_real, _ = stack_items(real, draw_indices(by_class[c], per_class, generator))
+            return [g.detach() for g in class_gradients(model, x_real.to(x.device), c, create_graph=False)]
+        return class_matching_loss(model, x, y, target_of)
     return loss_fn
 
 
