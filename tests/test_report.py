@@ -12,7 +12,7 @@ import pytest
 from teddy.errors import TeddyError
 from teddy.published import COLUMNS
 from teddy.report import (UNMATCHED_TITLE, accuracy_table, blocks, ceiling_table, cell_pairs, check_cells,
-                          closest_protocol, collect_results, paper_table, render_html, render_latex,
+                          closest_protocol, collect_results, method_gaps, paper_table, render_html, render_latex,
                           render_markdown, requested_ceiling_cells, requested_cells, run_protocols)
 
 KD, HARD = "teddy_small_kd", "dc"
@@ -322,3 +322,19 @@ def test_aggregate_stage_writes_every_output_and_names_a_missing_ceiling(tmp_pat
     assert "dc (published, instance norm)" in md and "protocol dsa; closest protocol we run: dc" in md
     with pytest.raises(TeddyError, match="no ceiling result for the requested cell arch=convnet protocol=dc seed=1"):
         aggregate(ceiling_jsons[:1] + ceiling_jsons[2:])
+
+
+def test_method_gaps_give_the_difference_in_points_and_in_combined_standard_deviations():
+    results = pd.DataFrame(
+        [{"method": m, "ipc": 1, "arch": "convnet", "protocol": "dc", "seed": s, "test_accuracy": a}
+         for m, accs in {"teddy": (0.60, 0.62, 0.64), "random": (0.50, 0.53, 0.56),
+                         "herding": (0.70, 0.70, 0.70)}.items() for s, a in enumerate(accs)]
+        + [{"method": "teddy", "ipc": 10, "arch": "convnet", "protocol": "dc", "seed": 0, "test_accuracy": 0.8}])
+    gaps = method_gaps(accuracy_table(results), "teddy", ["random", "herding"])
+    # IPC 10 has no baseline: only the IPC-1 cell is compared
+    assert list(gaps["baseline"]) == ["herding", "random"] and set(gaps["ipc"]) == {1}
+    by = gaps.set_index("baseline")
+    assert by.loc["random", "diff"] == pytest.approx(9.0)
+    assert by.loc["random", "sigmas"] == pytest.approx(9.0 / (2.0 ** 2 + 3.0 ** 2) ** 0.5, abs=0.01)
+    assert by.loc["herding", "diff"] == pytest.approx(-8.0)
+    assert by.loc["herding", "sigmas"] == pytest.approx(-8.0 / 2.0, abs=0.01)  # herding's networks agree

@@ -135,6 +135,29 @@ def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     return _mean_std(results, ["method", "ipc", "arch", "protocol"])
 
 
+def method_gaps(table: pd.DataFrame, method: str, baselines) -> pd.DataFrame:
+    """`method` against each baseline in every (ipc, arch, protocol) cell both have (an
+    accuracy_table): the difference of means in points and that difference in standard deviations
+    of the difference, sqrt(std_a^2 + std_b^2) over seeds (NaN when either has one seed)."""
+    keys = ["ipc", "arch", "protocol"]
+    ours = table[table["method"] == method]
+    rows = []
+    for baseline in baselines:
+        joined = ours.merge(table[table["method"] == baseline], on=keys, suffixes=("", "_baseline"))
+        for r in joined.itertuples(index=False):
+            spread = (r.std ** 2 + r.std_baseline ** 2) ** 0.5
+            diff = r.mean - r.mean_baseline
+            rows.append({"arch": r.arch, "protocol": r.protocol, "ipc": int(r.ipc), "method": method,
+                         "baseline": baseline, "mean": r.mean, "std": r.std, "seeds": int(r.seeds),
+                         "baseline_mean": r.mean_baseline, "baseline_std": r.std_baseline,
+                         "baseline_seeds": int(r.seeds_baseline), "diff": round(diff, 2),
+                         "sigmas": round(diff / spread, 2) if spread > 0 else float("nan")})
+    columns = ["arch", "protocol", "ipc", "method", "baseline", "mean", "std", "seeds", "baseline_mean",
+               "baseline_std", "baseline_seeds", "diff", "sigmas"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["arch", "protocol", "ipc", "baseline"],
+                                                           ignore_index=True)
+
+
 def ceiling_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per (arch, protocol) of the whole-training-set runs."""
     return _mean_std(results, ["arch", "protocol"])
