@@ -29,7 +29,8 @@ import yaml
 from teddy.config import load_config
 from teddy.protocols import cells
 from teddy.published import load_published
-from teddy.shards import method_eval_seeds, method_ipcs
+from teddy.report import mean_std_text
+from teddy.shards import eval_result_path, method_eval_seeds, method_ipcs
 
 REPO = Path(__file__).resolve().parents[1]
 SELECTION = ("random", "herding")  # baselines whose published rows DC's Table 1 gives
@@ -44,8 +45,7 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
 def text(mean, std, n=None) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "not measured"
-    out = f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
-    return out + (f" (n={n})" if n else "")
+    return mean_std_text(mean, std) + (f" (n={n})" if n else "")
 
 
 def read(path: Path) -> dict | None:
@@ -89,8 +89,8 @@ def table(cfg: dict) -> tuple[str, float]:
                     if ipc not in method_ipcs(cfg["distill"], name):
                         continue
                     for seed in method_eval_seeds(cfg, name):
-                        rel = f"{name}/ipc{ipc}/{arch}/{protocol}/seed{seed}"
-                        result = read(results / "eval" / f"{rel}.json")
+                        rel = f"{name}/ipc{ipc}/{arch}/{protocol}/seed{seed}"  # also its benchmark file's
+                        result = read(Path(eval_result_path(results, name, ipc, arch, protocol, seed)))
                         if result is not None:
                             accs.append(result["test_accuracy"])
                             wall += seconds(results, "evaluate", rel)
@@ -138,7 +138,7 @@ def table(cfg: dict) -> tuple[str, float]:
         first = next(iter(groups.get("random", [])), None)
         for ipc in ipcs:
             accs = [r["test_accuracy"] for s in range(10)
-                    if (r := read(results / "eval" / f"{first}/ipc{ipc}/{arch}/{protocol}/seed{s}.json"))]
+                    if (r := read(Path(eval_result_path(results, first, ipc, arch, protocol, s))))]
             if first and len(accs) > 1:
                 spread.append(f"IPC {ipc}: {text(*mean_std(accs))}")
         if spread:

@@ -16,12 +16,13 @@ from pathlib import Path
 import yaml
 
 from teddy.config import load_config
-from teddy.report import accuracy_table, collect_results, method_gaps, requested_cells
+from teddy.report import accuracy_table, collect_results, mean_std_text, method_gaps, requested_cells
+from teddy.shards import eval_result_path
 from teddy.stages import aggregate
 
 
 def cell_path(results: Path, r) -> Path:
-    return results / "eval" / r.method / f"ipc{r.ipc}" / r.arch / r.protocol / f"seed{r.seed}.json"
+    return Path(eval_result_path(results, r.method, r.ipc, r.arch, r.protocol, r.seed))
 
 
 def page(cfg: dict, method: str, against: list[str], protocols: list[str] | None) -> str:
@@ -47,8 +48,7 @@ def page(cfg: dict, method: str, against: list[str], protocols: list[str] | None
                     cells.append("–")
                     continue
                 r = hit.iloc[0]
-                spread = "" if r["std"] != r["std"] else f" ± {r['std']:.2f}"
-                cells.append(f"{r['mean']:.2f}{spread} (n={int(r['seeds'])})")
+                cells.append(f"{mean_std_text(r['mean'], r['std'])} (n={int(r['seeds'])})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     gaps = method_gaps(table, method, against)

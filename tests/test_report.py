@@ -12,8 +12,8 @@ import pytest
 from teddy.errors import TeddyError
 from teddy.published import COLUMNS
 from teddy.report import (UNMATCHED_TITLE, accuracy_table, blocks, ceiling_table, cell_pairs, check_cells,
-                          closest_protocol, collect_results, method_gaps, paper_table, render_html, render_latex,
-                          render_markdown, requested_ceiling_cells, requested_cells, run_protocols)
+                          closest_protocol, collect_results, mean_std_text, method_gaps, paper_table, render_html,
+                          render_latex, render_markdown, requested_ceiling_cells, requested_cells, run_protocols)
 
 KD, HARD = "teddy_small_kd", "dc"
 CFG = {"distill": {"ipc": [1, 10], "methods": {"teddy": {}, "random": {}}},
@@ -338,3 +338,10 @@ def test_method_gaps_give_the_difference_in_points_and_in_combined_standard_devi
     assert by.loc["random", "sigmas"] == pytest.approx(9.0 / (2.0 ** 2 + 3.0 ** 2) ** 0.5, abs=0.01)
     assert by.loc["herding", "diff"] == pytest.approx(-8.0)
     assert by.loc["herding", "sigmas"] == pytest.approx(-8.0 / 2.0, abs=0.01)  # herding's networks agree
+
+
+def test_mean_std_text_drops_a_missing_std():
+    assert mean_std_text(51.4, 3.8) == "51.40 ± 3.80"
+    assert mean_std_text(83.523, float("nan")) == "83.52"
+    assert mean_std_text(83.5, None, r" $\pm$ ") == "83.50"
+    assert mean_std_text(70.5, 0.6, r" $\pm$ ") == r"70.50 $\pm$ 0.60"

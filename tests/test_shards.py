@@ -19,7 +19,7 @@ from teddy.methods import DistillTask, get_method
 from teddy.models import build_model
 from teddy.pool import load_pool, save_model
 from teddy.shard_store import sample_grid
-from teddy.shards import shard_count
+from teddy.shards import eval_result_path, shard_count
 from teddy.train import recalibrate_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,3 +155,11 @@ def test_sample_grid_writes_each_class_index_and_name_left_of_its_row(tmp_path):
         expected = Image.new("L", (200, size), 255)
         ImageDraw.Draw(expected).text((0, 0), f"{c}: {name}", fill=0)
         assert np.array_equal(ink(strip), ink(np.asarray(expected))), f"row {c} does not read '{c}: {name}'"
+
+
+def test_eval_result_path_is_the_rules_pattern_and_its_filled_path():
+    # the evaluate rule's output is this function called with wildcard strings
+    assert eval_result_path("R", "{method}", "{ipc}", "{arch}", "{protocol}", "{seed}") == \
+        "R/eval/{method}/ipc{ipc}/{arch}/{protocol}/seed{seed}.json"
+    assert eval_result_path(Path("res"), "herding_ipc50", 50, "convnet", "dc", 2) == \
+        "res/eval/herding_ipc50/ipc50/convnet/dc/seed2.json"

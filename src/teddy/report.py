@@ -248,7 +248,8 @@ def _row_label(kind: str, method: str, norm) -> str:
     return method
 
 
-def _cell(mean, std, pm: str) -> str:
+def mean_std_text(mean, std, pm: str = " ± ") -> str:
+    """'mean ± std' to two decimals; the mean alone when std is missing (one seed)."""
     return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f}{pm}{std:.2f}"
 
 
@@ -266,7 +267,7 @@ def blocks(table: pd.DataFrame, pm: str = " ± ", bold=lambda s: f"**{s}**", mis
             if name not in cells:
                 order.append(name)
                 cells[name] = {}
-            text = _cell(r.mean, r.std, pm)
+            text = mean_std_text(r.mean, r.std, pm)
             cells[name][f"IPC {int(r.ipc)}"] = bold(text) if r.best else text
         grid = pd.DataFrame([{"method": n, **{f"IPC {i}": cells[n].get(f"IPC {i}", missing) for i in ipcs}}
                              for n in order])
@@ -285,7 +286,7 @@ def _ipc_text(ipc) -> str:
 
 def _unmatched_line(r, pm: str = " ± ") -> str:
     """method (student, IPC n): top1 ± std; protocol p; closest protocol we run: q"""
-    return (f"{r.method} ({r.student}, {_ipc_text(r.ipc)}): {_cell(r.mean, r.std, pm)}; protocol {r.protocol}; "
+    return (f"{r.method} ({r.student}, {_ipc_text(r.ipc)}): {mean_std_text(r.mean, r.std, pm)}; protocol {r.protocol}; "
             f"closest protocol we run: {r.closest_protocol}")
 
 
@@ -396,7 +397,7 @@ def render_latex(dataset: str, table: pd.DataFrame, context: dict | None = None)
         for r in unmatched.itertuples(index=False):
             ipc = "whole set" if pd.isna(r.ipc) else str(int(r.ipc))
             lines.append(" & ".join([latex_escape(r.method), latex_escape(r.student), ipc,
-                                     _cell(r.mean, r.std, r" $\pm$ "), latex_escape(r.protocol),
+                                     mean_std_text(r.mean, r.std, r" $\pm$ "), latex_escape(r.protocol),
                                      latex_escape(r.closest_protocol)]) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(lines)

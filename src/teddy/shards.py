@@ -93,6 +93,12 @@ def method_eval_seeds(cfg: dict, method_name: str) -> list[int]:
     return [int(s) for s in (recipe.get("eval_seeds") or cfg["evaluate"]["seeds"])]
 
 
+def eval_result_path(results_dir, method, ipc, arch, protocol, seed) -> str:
+    """Where a student's evaluation result is written: one spelling for the rule's output (called
+    with wildcard strings such as "{method}"), the workflow's targets and the reporting scripts."""
+    return f"{results_dir}/eval/{method}/ipc{ipc}/{arch}/{protocol}/seed{seed}.json"
+
+
 def method_shards(cfg: dict, method_name: str, ipc: int, classes: int) -> list[range]:
     """recipe_shards of one (method, IPC) of the config."""
     return recipe_shards(cfg["distill"]["methods"][method_name], ipc, classes, cfg["distill"].get("batches_per_shard"))

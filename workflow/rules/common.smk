@@ -10,7 +10,7 @@ from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
 from teddy.protocols import cells, config_protocols
 from teddy.published import published_files
-from teddy.shards import method_eval_seeds, method_ipcs, shard_count
+from teddy.shards import eval_result_path, method_eval_seeds, method_ipcs, shard_count
 from teddy.stages import machine_from_config, stage
 
 # schema validation with its defaults filled in, then the semantic checks (teddy.config)
@@ -34,7 +34,7 @@ PROTOCOLS = config_protocols(config)
 CELLS = cells(config)
 CEILING_SEEDS = [int(s) for s in (config.get("ceiling") or {}).get("seeds", [])]
 CEILING_JSONS = [f"{R}/ceiling/{arch}/{protocol}/seed{seed}.json" for arch, protocol in CELLS for seed in CEILING_SEEDS]
-EVAL_JSONS = [f"{R}/eval/{method}/ipc{ipc}/{arch}/{protocol}/seed{seed}.json"
+EVAL_JSONS = [eval_result_path(R, method, ipc, arch, protocol, seed)
               for method in METHOD_NAMES for ipc in method_ipcs(config["distill"], method) for arch, protocol in CELLS
               for seed in method_eval_seeds(config, method)]
 PUBLISHED = config.get("published_results") or str(Path(workflow.basedir).parent / "config" / "published")

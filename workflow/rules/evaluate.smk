@@ -10,7 +10,7 @@ rule evaluate:
         teacher=teacher_if_kd,
         soft_labels=soft_labels_if_stored,
     output:
-        f"{R}/eval/{{method}}/ipc{{ipc}}/{{arch}}/{{protocol}}/seed{{seed}}.json",
+        eval_result_path(R, "{method}", "{ipc}", "{arch}", "{protocol}", "{seed}"),
     params:
         **stage_params("evaluate"),
     log:
