@@ -30,7 +30,7 @@ from teddy.config import load_config
 from teddy.protocols import cells
 from teddy.published import load_published
 from teddy.report import mean_std_text
-from teddy.shards import eval_result_path, method_eval_seeds, method_ipcs
+from teddy.shards import eval_cell, eval_result_path, method_eval_seeds, method_ipcs
 
 REPO = Path(__file__).resolve().parents[1]
 SELECTION = ("random", "herding")  # baselines whose published rows DC's Table 1 gives
@@ -89,11 +89,10 @@ def table(cfg: dict) -> tuple[str, float]:
                     if ipc not in method_ipcs(cfg["distill"], name):
                         continue
                     for seed in method_eval_seeds(cfg, name):
-                        rel = f"{name}/ipc{ipc}/{arch}/{protocol}/seed{seed}"  # also its benchmark file's
                         result = read(Path(eval_result_path(results, name, ipc, arch, protocol, seed)))
                         if result is not None:
                             accs.append(result["test_accuracy"])
-                            wall += seconds(results, "evaluate", rel)
+                            wall += seconds(results, "evaluate", eval_cell(name, ipc, arch, protocol, seed))
                 total += wall
                 if not accs and family not in SELECTION:
                     continue  # not run at this IPC

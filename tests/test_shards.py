@@ -19,7 +19,7 @@ from teddy.methods import DistillTask, get_method
 from teddy.models import build_model
 from teddy.pool import load_pool, save_model
 from teddy.shard_store import sample_grid
-from teddy.shards import eval_result_path, shard_count
+from teddy.shards import eval_cell, eval_result_path, shard_count
 from teddy.train import recalibrate_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,6 +155,11 @@ def test_sample_grid_writes_each_class_index_and_name_left_of_its_row(tmp_path):
         expected = Image.new("L", (200, size), 255)
         ImageDraw.Draw(expected).text((0, 0), f"{c}: {name}", fill=0)
         assert np.array_equal(ink(strip), ink(np.asarray(expected))), f"row {c} does not read '{c}: {name}'"
+
+
+def test_eval_cell_is_the_relative_path_its_result_log_and_benchmark_share():
+    assert eval_cell("herding_ipc50", 50, "convnet", "dc", 2) == "herding_ipc50/ipc50/convnet/dc/seed2"
+    assert eval_result_path("R", "m", 1, "a", "p", 0) == f"R/eval/{eval_cell('m', 1, 'a', 'p', 0)}.json"
 
 
 def test_eval_result_path_is_the_rules_pattern_and_its_filled_path():

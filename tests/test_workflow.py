@@ -11,6 +11,7 @@ from torchvision.datasets import ImageFolder
 
 from fixtures import set_protocol, snakemake, tiny_config, write_class_folders, write_fashion_mnist, write_workdir
 from teddy.distilled_set import load_set_tensors
+from teddy.shards import eval_cell
 
 
 def assert_modes_follow_umask(root: Path, umask: int) -> None:
@@ -57,6 +58,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
             assert meta["shards"] == (2 if (method, ipc) == ("teddy", 2) else 1)
 
     result = json.loads((R / "eval/teddy/ipc2/convnet/teddy_small_kd/seed1.json").read_text())
+    cell = eval_cell("teddy", 2, "convnet", "teddy_small_kd", 1)  # its log and benchmark share the cell
+    assert (R / f"logs/evaluate/{cell}.log").is_file() and (R / f"benchmarks/evaluate/{cell}.tsv").is_file()
     assert result["labels"] == "online_kd" and result["protocol"] == "teddy_small_kd"
     assert 0 <= result["test_accuracy"] <= 1
     table = pd.read_csv(R / "tables/accuracy.csv")

@@ -93,10 +93,17 @@ def method_eval_seeds(cfg: dict, method_name: str) -> list[int]:
     return [int(s) for s in (recipe.get("eval_seeds") or cfg["evaluate"]["seeds"])]
 
 
+def eval_cell(method, ipc, arch, protocol, seed) -> str:
+    """One student's cell as a relative path, method/ipc<N>/<arch>/<protocol>/seed<S>: the one
+    spelling behind its result, log and benchmark files (pass wildcard strings such as "{method}"
+    for the rule's patterns)."""
+    return f"{method}/ipc{ipc}/{arch}/{protocol}/seed{seed}"
+
+
 def eval_result_path(results_dir, method, ipc, arch, protocol, seed) -> str:
-    """Where a student's evaluation result is written: one spelling for the rule's output (called
-    with wildcard strings such as "{method}"), the workflow's targets and the reporting scripts."""
-    return f"{results_dir}/eval/{method}/ipc{ipc}/{arch}/{protocol}/seed{seed}.json"
+    """Where a student's evaluation result is written: the rule's output, the workflow's targets
+    and the reporting scripts all call this."""
+    return f"{results_dir}/eval/{eval_cell(method, ipc, arch, protocol, seed)}.json"
 
 
 def method_shards(cfg: dict, method_name: str, ipc: int, classes: int) -> list[range]:

@@ -10,7 +10,7 @@ from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
 from teddy.protocols import cells, config_protocols
 from teddy.published import published_files
-from teddy.shards import eval_result_path, method_eval_seeds, method_ipcs, shard_count
+from teddy.shards import eval_cell, eval_result_path, method_eval_seeds, method_ipcs, shard_count
 from teddy.stages import machine_from_config, stage
 
 # schema validation with its defaults filled in, then the semantic checks (teddy.config)

@@ -3,6 +3,8 @@
 # (config/protocols/) is the student's whole recipe; a kd protocol's teacher outputs are online
 # (the teacher relabels every augmented batch) or stored (rule relabel's files).
 # With gpus_per_job > 1 (or evaluate.processes) the stage runs itself under torchrun.
+EVAL_CELL = eval_cell("{method}", "{ipc}", "{arch}", "{protocol}", "{seed}")
+
 rule evaluate:
     input:
         data=DATA,
@@ -14,9 +16,9 @@ rule evaluate:
     params:
         **stage_params("evaluate"),
     log:
-        f"{R}/logs/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/{{protocol}}/seed{{seed}}.log",
+        f"{R}/logs/evaluate/{EVAL_CELL}.log",
     benchmark:
-        f"{R}/benchmarks/evaluate/{{method}}/ipc{{ipc}}/{{arch}}/{{protocol}}/seed{{seed}}.tsv"
+        f"{R}/benchmarks/evaluate/{EVAL_CELL}.tsv"
     threads: threads_for("evaluate")
     resources:
         **stage_resources("evaluate"),
