@@ -90,6 +90,15 @@ def test_a_prior_pool_of_a_pretrained_base_needs_its_own_run(tmp_path):
         check_config(cfg)
     cfg["pools"]["prior"]["recipe"]["epochs"] = 2
     check_config(copy.deepcopy(cfg))
+    # the first 2 epochs of a 90-epoch schedule: enough for snapshots 1 and 2, not for 3
+    cfg["pools"]["prior"]["recipe"].update(epochs=90, stop_after_epoch=2)
+    check_config(copy.deepcopy(cfg))
+    cfg["pools"]["prior"]["epochs"] = [1, 3]
+    with pytest.raises(TeddyError, match=r"asks for epoch 3, beyond its own run \(pools.prior.recipe trains 2 epochs\)"):
+        check_config(copy.deepcopy(cfg))
+    cfg["pools"]["prior"]["recipe"].update(epochs=2, stop_after_epoch=3)
+    with pytest.raises(TeddyError, match=r"^pools.prior.recipe: recipe key stop_after_epoch=3 must lie in 1..epochs \(2\)$"):
+        check_config(cfg)
 
 
 def test_prior_run_keeps_the_pool_snapshots(tmp_path):

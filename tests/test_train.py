@@ -5,7 +5,7 @@ from teddy.data import TensorImageDataset
 from teddy.errors import TeddyError
 from teddy.losses import kd_loss
 from teddy.models import build_model
-from teddy.train import evaluate_accuracy, fit, recalibrate_bn, targets_for
+from teddy.train import evaluate_accuracy, fit, lr_factor, recalibrate_bn, targets_for
 
 CPU = torch.device("cpu")
 
@@ -28,6 +28,26 @@ def test_training_lowers_loss_and_learns():
     history = fit(model, data, {**RECIPE, "epochs": 6}, CPU, seed=0)
     assert history[-1]["loss"] < history[0]["loss"]
     assert evaluate_accuracy(model, data, CPU) > 0.5
+
+
+def test_stop_after_epoch_keeps_the_full_length_schedule():
+    # a prior pool's snapshots: the first 2 epochs of a 10-epoch cosine, not a 2-epoch cosine run to 0
+    data, steps = _toy_set(), 4  # 120 images in batches of 32
+
+    def model():
+        torch.manual_seed(0)
+        return build_model("convnet", 10, 1, 28, depth=2, width=8)
+
+    full = {**RECIPE, "epochs": 10}
+    stopped = fit(model(), data, {**full, "stop_after_epoch": 2}, CPU)
+    assert [h["epoch"] for h in stopped] == [1, 2]
+    assert stopped[-1]["lr"] == pytest.approx(RECIPE["lr"] * lr_factor(full, steps)(2 * steps))
+    assert stopped[-1]["lr"] > 0.9 * RECIPE["lr"]
+    short = fit(model(), data, {**RECIPE, "epochs": 2}, CPU)
+    assert short[-1]["lr"] == pytest.approx(0.0)
+    # the same first epochs, step for step, as the full-length run
+    whole = fit(model(), data, full, CPU)
+    assert [h["loss"] for h in stopped] == [h["loss"] for h in whole[:2]]
 
 
 def test_kd_loss_zero_for_identical_logits_and_positive_otherwise():

@@ -19,6 +19,7 @@ from teddy.models import MODELS, check_image_size
 from teddy.pool import member_names
 from teddy.protocols import check_protocols
 from teddy.stages.common import data_shape
+from teddy.train import trained_epochs
 
 
 def check_dataset(cfg: dict) -> int:
@@ -85,7 +86,7 @@ def check_config(cfg: dict) -> None:
     if topk is not None and int(topk) > num_classes:
         raise TeddyError(f"evaluate.keep_topk={topk} exceeds the dataset's {num_classes} classes")
     snapshots = cfg["base"].get("snapshot_epochs")
-    epochs = int(cfg["base"]["recipe"]["epochs"])
+    epochs = recipe_epochs(cfg["base"]["recipe"], "base.recipe")
     for name, pool in cfg.get("pools", {}).items():
         if pool["generator"] == "prior" and cfg["base"].get("weights") and not pool.get("recipe"):
             raise TeddyError(f"pools.{name}: base.weights is set, so the base model has no training snapshots; "
@@ -93,10 +94,11 @@ def check_config(cfg: dict) -> None:
         if pool.get("recipe"):
             if pool["generator"] != "prior":
                 raise TeddyError(f"pools.{name}.recipe is only for prior pools (generator: {pool['generator']})")
+            trained = recipe_epochs(pool["recipe"], f"pools.{name}.recipe")
             for e in pool.get("epochs") or []:
-                if int(e) > int(pool["recipe"]["epochs"]):
+                if int(e) > trained:
                     raise TeddyError(f"pools.{name}.epochs asks for epoch {e}, beyond its own run "
-                                     f"(pools.{name}.recipe.epochs={pool['recipe']['epochs']})")
+                                     f"(pools.{name}.recipe trains {trained} epochs)")
             continue
         for e in pool.get("epochs") or []:
             if int(e) > epochs or (snapshots and int(e) not in snapshots):
@@ -106,6 +108,14 @@ def check_config(cfg: dict) -> None:
 
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def recipe_epochs(recipe: dict, where: str) -> int:
+    """The epochs a training recipe runs (teddy.train.trained_epochs), its error naming the key."""
+    try:
+        return trained_epochs(recipe)
+    except TeddyError as e:
+        raise TeddyError(f"{where}: {e}") from None
 
 
 def key_path(path) -> str:

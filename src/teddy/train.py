@@ -67,6 +67,18 @@ def make_optimizer(params, recipe: dict) -> torch.optim.Optimizer:
 SCHEDULES = ("cosine", "half_cosine", "step", "constant")
 
 
+def trained_epochs(recipe: dict) -> int:
+    """Epochs a run trains: `epochs` (the schedule's length), or fewer with `stop_after_epoch`,
+    which keeps the full-length schedule and stops early (a prior pool's snapshots)."""
+    epochs = int(recipe["epochs"])
+    stop = recipe.get("stop_after_epoch")
+    if stop is None:
+        return epochs
+    if not 1 <= int(stop) <= epochs:
+        raise TeddyError(f"recipe key stop_after_epoch={stop} must lie in 1..epochs ({epochs})")
+    return int(stop)
+
+
 def lr_factor(recipe: dict, steps_per_epoch: int):
     """The lr multiplier as a function of the optimiser step, from the recipe's `schedule`:
     cosine (to 0, default), half_cosine (the first half of a cosine: ends at 0.5 x lr, RDED),
@@ -275,9 +287,10 @@ def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: i
     (sgd|adam|adamw), lr, momentum, weight_decay, warmup_epochs, augment ({} for none),
     temperature (KD), hard_label_weight (KD + CE mix), amp, channels_last (student and teacher),
     compile (torch.compile of student and teacher; amp, channels_last and compile act on CUDA
-    only), checkpoint_every (epochs), eval_every (epochs).
+    only), checkpoint_every (epochs), eval_every (epochs), stop_after_epoch (train the schedule of
+    `epochs`, stop after this one).
     """
-    epochs, batch_size = int(recipe["epochs"]), int(recipe["batch_size"])
+    epochs, batch_size = trained_epochs(recipe), int(recipe["batch_size"])
     accumulate = int(recipe.get("accumulate", 1))
     rank, world = rank_world()
     chunks = world * accumulate

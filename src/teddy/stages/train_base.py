@@ -14,7 +14,7 @@ from teddy.pretrained import load_pretrained
 from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, model_spec, near_chance_warning,
                                  training_request, train_images)
 from teddy.resume import remove_checkpoint
-from teddy.train import evaluate_accuracy, fit, resolve_device
+from teddy.train import evaluate_accuracy, fit, resolve_device, trained_epochs
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -24,7 +24,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
     recipe = settings["base"]["recipe"]
-    return training_request(settings, machine, recipe["epochs"], train_images(settings, machine),
+    return training_request(settings, machine, trained_epochs(recipe), train_images(settings, machine),
                             settings["model"]["arch"], attempt)
 
 
@@ -40,7 +40,7 @@ def train_snapshots(settings: dict, machine: Machine, recipe: dict, wanted_epoch
     info = dataset_info(data)
     model = build(settings["model"], info, seed=seed)
     recipe = {"eval_every": 1, **recipe}
-    wanted = set(wanted_epochs or range(1, int(recipe["epochs"]) + 1))
+    wanted = set(wanted_epochs or range(1, trained_epochs(recipe) + 1))
     snapshot_dir = Path(snapshot_dir)
 
     def keep_snapshot(epoch, model, metrics):

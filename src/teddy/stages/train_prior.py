@@ -8,6 +8,7 @@ from pathlib import Path
 from teddy.io import save_json
 from teddy.stages.common import Machine, dataset_settings, model_spec, training_request, train_images
 from teddy.stages.train_base import train_snapshots
+from teddy.train import trained_epochs
 from teddy.resume import remove_checkpoint
 
 
@@ -19,7 +20,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
     recipe = settings["pool"].get("recipe") or settings["base"]["recipe"]
-    return training_request(settings, machine, recipe["epochs"], train_images(settings, machine),
+    return training_request(settings, machine, trained_epochs(recipe), train_images(settings, machine),
                             settings["model"]["arch"], attempt)
 
 
