@@ -54,6 +54,22 @@ def test_student_from_streamed_labels_equals_the_online_kd_student(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_a_store_holds_only_the_epochs_a_stop_after_epoch_student_trains(tmp_path):
+    data, recipe = _distilled(), {**RECIPE, "stop_after_epoch": 2}
+    meta = tmp_path / "store/meta.json"
+    write_label_store(meta, data, _teacher(), recipe, 3, CPU, set_hash="abc", num_classes=10, image_size=28,
+                      logits_dtype=torch.float32)
+    assert sorted(p.name for p in meta.parent.iterdir()) == ["epoch0000.pt", "epoch0001.pt", "meta.json"]
+    online, stored = _student(), _student()
+    online_history = fit(online, data, recipe, CPU, seed=3, targets=targets_for(_teacher()))
+    store = LabelStore(meta, set_hash="abc", recipe=recipe, seed=3, chunks=1, num_images=len(data), num_classes=10)
+    stored_history = fit(stored, data, recipe, CPU, seed=3, targets=targets_for(label_store=store))
+    assert len(stored_history) == 2
+    assert [h["loss"] for h in stored_history] == [h["loss"] for h in online_history]
+    with pytest.raises(TeddyError, match="epochs=2"):  # a full-length student cannot read the short store
+        _open(meta, data)
+
+
 def test_top_k_fp16_store_size_matches_the_formula(tmp_path):
     data = _distilled(200)
     meta = _store(tmp_path, data, keep_topk=3, dtype=torch.float16)

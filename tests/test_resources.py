@@ -83,3 +83,17 @@ def test_the_cpu_demo_fits_the_test_node(tmp_path):
     for job in jobs.values():
         if job["rule"] != "all":
             assert int(job["mem_mb"]) <= 8000 and int(job.get("cpus_per_task", 1)) <= 2 and job.get("gpu", "0") == "0"
+
+
+def test_student_jobs_are_costed_by_the_epochs_they_train():
+    """A student recipe with stop_after_epoch trains (and relabels) fewer epochs than its schedule:
+    relabel, evaluate and the ceiling ask for less time, as train_base does."""
+    paper = load_config(yaml.safe_load((REPO / "config" / "fashion_mnist_paper.yaml").read_text()))
+    for (cfg, machine), name in [(_imagenet1k(), "relabel"), (_imagenet1k(), "evaluate"),
+                                 ((paper, machine_from_config(paper)), "ceiling")]:
+        mod = stage(name)
+        wildcards = {**WILDCARDS, "arch": "convnet", "protocol": "dc"} if name == "ceiling" else WILDCARDS
+        settings = mod.settings(cfg, wildcards)
+        full = mod.resources(settings, 1, machine)["runtime"]
+        settings["recipe"] = {**settings["recipe"], "stop_after_epoch": 1}
+        assert mod.resources(settings, 1, machine)["runtime"] < full, name

@@ -63,8 +63,10 @@ def epoch_path(store_dir, epoch: int) -> Path:
 
 
 def store_settings(recipe: dict, seed: int, chunks: int, num_images: int, num_classes: int, keep_topk: int) -> dict:
-    """What a store must share with the student run that reads it."""
-    return {"seed": int(seed), "epochs": int(recipe["epochs"]), "batch_size": int(recipe["batch_size"]),
+    """What a store must share with the student run that reads it (the epochs it trains)."""
+    from teddy.train import trained_epochs
+
+    return {"seed": int(seed), "epochs": trained_epochs(recipe), "batch_size": int(recipe["batch_size"]),
             "augment": dict(recipe.get("augment") or {}), "chunks": int(chunks), "num_images": int(num_images),
             "num_classes": int(num_classes), "keep_topk": int(keep_topk)}
 

@@ -17,7 +17,7 @@ from teddy.stages.common import Machine, build, dataset_cfg, dataset_settings, f
     training_request, train_images
 from teddy.stages.evaluate import labels_of
 from teddy.resume import remove_checkpoint
-from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
+from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for, trained_epochs
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -32,7 +32,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
     """A student on the whole real training set: as train_base, with the ceiling recipe."""
-    return training_request(settings, machine, settings["recipe"]["epochs"], train_images(settings, machine),
+    return training_request(settings, machine, trained_epochs(settings["recipe"]), train_images(settings, machine),
                             settings["arch"], attempt)
 
 

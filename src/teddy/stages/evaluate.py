@@ -21,7 +21,7 @@ from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, 
                                  request, shape, student_processes, student_recipe_settings, test_images)
 from teddy.stages.relabel import student_memory_mb, student_recipe, student_set
 from teddy.resume import remove_checkpoint
-from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
+from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for, trained_epochs
 
 
 def labels_of(protocol: dict, teacher_outputs: str) -> str:
@@ -49,7 +49,7 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
     """runtime = 1.5 x (epochs x IPC x classes + test images) / images/s of the student + 10 min;
     memory as relabel's."""
     classes, _, size = shape(settings, machine)
-    images = int(settings["recipe"]["epochs"]) * int(settings["ipc"]) * classes + test_images(settings, machine)
+    images = trained_epochs(settings["recipe"]) * int(settings["ipc"]) * classes + test_images(settings, machine)
     seconds = images / images_per_s(settings["arch"], size, machine.gpus_per_job)
     out = request(0, seconds, attempt, machine.gpus_per_job, machine.student_workers)
     out["mem_mb"] = memory_mb(student_memory_mb(settings, machine), attempt)

@@ -12,7 +12,7 @@ from teddy.pool import choose_snapshot, load_model, manifest_row, prune_channels
 from teddy.stages.common import (Machine, dataset_cfg, dataset_settings, model_spec, near_chance_warning,
                                  training_request, train_images)
 from teddy.resume import remove_checkpoint
-from teddy.train import evaluate_accuracy, fit, recalibrate_bn, resolve_device
+from teddy.train import evaluate_accuracy, fit, recalibrate_bn, resolve_device, trained_epochs
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -64,7 +64,7 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
         recalibrate_bn(model, train_set, device, batches_to_use=int(pool_cfg["recalibrate_batches"]),
                        batch_size=int(recipe["batch_size"]), seed=seed)
         made_from = f"base pruned at ratio {ratio:g}"
-        finetune_epochs = int(recipe["epochs"])
+        finetune_epochs = trained_epochs(recipe)
     else:
         raise TeddyError(f"pool generator '{generator}' has no members on disk (pools.{pool_name}.generator)")
     model.to(device)

@@ -10,7 +10,7 @@ from teddy.protocols import cell_recipe, class_batch_size, load_protocol, protoc
 from teddy.stages.common import (Machine, dataset_cfg, dataset_settings, images_per_s, memory_mb, request, shape,
                                  student_processes, student_recipe_settings)
 from teddy.student_data import load_student_set
-from teddy.train import resolve_device
+from teddy.train import resolve_device, trained_epochs
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -62,7 +62,7 @@ def student_memory_mb(settings: dict, machine: Machine) -> float:
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
     """runtime = 1.5 x epochs x IPC x classes / (3 x images/s of the teacher) + 10 min."""
     classes, _, size = shape(settings, machine)
-    epochs = int(settings["recipe"]["epochs"])
+    epochs = trained_epochs(settings["recipe"])
     seconds = epochs * int(settings["ipc"]) * classes / (3 * images_per_s(settings["teacher"], size,
                                                                           machine.gpus_per_job))
     out = request(0, seconds, attempt, machine.gpus_per_job, machine.student_workers)
