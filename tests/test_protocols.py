@@ -29,8 +29,8 @@ def demo() -> dict:
 
 
 def test_the_shipped_protocols_are_there_and_valid():
-    assert {"dc", "dc_mnist", "dsa", "sre2l_imagenet1k", "sre2l_tiny_imagenet", "rded", "teddy_small_kd",
-            "teddy_small_hard"} <= set(SHIPPED)
+    assert {"dc", "dc_mnist", "dsa", "sre2l_imagenet1k", "sre2l_tiny_imagenet", "rded", "gvbsm_imagenet1k",
+            "edc_imagenet1k", "teddy_small_kd", "teddy_small_hard"} <= set(SHIPPED)
     for name in SHIPPED:
         protocol = load_protocol(name)
         assert protocol["name"] == name and protocol["source"]["code"] and protocol["runs"] >= 1
@@ -54,6 +54,11 @@ def _write(folder, name, protocol):
     (lambda p: p["recipe"].update(lr=-1), r"key recipe\.lr"),
     (lambda p: p.update(labels="soft"), r"key labels"),
     (lambda p: p.update(name="other"), r"key name is 'other', expected the file's stem 'broken'"),
+    (lambda p: p.update(teachers={"archs": ["convnet"]}), r"key teachers needs labels: kd"),
+    (lambda p: p.update(teachers={"archs": []}), r"key teachers\.archs"),
+    (lambda p: p.update(teachers={"archs": ["convnet"], "combine": "max"}), r"key teachers\.combine"),
+    (lambda p: p["recipe"].update(kd_loss="l2"), r"key recipe\.kd_loss"),
+    (lambda p: p["recipe"].update(ema_decay=1.0), r"key recipe\.ema_decay"),
 ])
 def test_a_bad_protocol_file_stops_in_one_line_naming_file_and_key(tmp_path, change, message):
     protocol = load_protocol("dc")
@@ -88,6 +93,54 @@ def test_a_student_without_a_protocol_or_too_small_for_one_stops_at_load(tmp_pat
         load_config(cfg)
 
 
+def test_an_ensemble_teacher_that_cannot_be_made_stops_at_load(tmp_path):
+    folder = tmp_path / "protocols"
+    protocol = load_protocol("teddy_small_kd")
+    for name in known_protocols():
+        _write(folder, name, load_protocol(name))
+    cfg = demo()
+    cfg["protocols_dir"] = str(folder)
+    cfg["evaluate"]["protocols"] = ["ensemble"]
+    _write(folder, "ensemble", {**protocol, "name": "ensemble", "teachers": {"archs": ["convnet", "vgg11"]}})
+    with pytest.raises(TeddyError, match=r"protocol 'ensemble': teacher architecture 'vgg11' \(key teachers.archs\) "
+                                         r"is not registered"):
+        load_config(copy.deepcopy(cfg))
+    _write(folder, "ensemble", {**protocol, "name": "ensemble", "teachers": {"archs": ["convnet", "resnet18"]}})
+    with pytest.raises(TeddyError, match=r"protocol 'ensemble' teacher: architecture 'resnet18' needs images of at "
+                                         r"least 32x32"):
+        load_config(copy.deepcopy(cfg))
+    _write(folder, "ensemble", {**protocol, "name": "ensemble", "teachers": {"archs": ["convnet", "resnet10_w16"]}})
+    load_config(copy.deepcopy(cfg))  # both train on 28 px
+    cfg["base"]["weights"] = str(tmp_path / "convnet.pt")
+    with pytest.raises(TeddyError, match="base.weights is a file for 'convnet' only"):
+        load_config(copy.deepcopy(cfg))
+
+
+def test_the_peers_ensembles_losses_and_ema_are_recorded_where_they_are_used():
+    """gvbsm/edc protocols: the ensemble is in the student jobs' settings (so a change reruns them);
+    a protocol taught by the base model records no `teachers` entry (its jobs' settings unchanged)."""
+    from teddy.config import fill_defaults
+    from teddy.stages import stage
+
+    cfg = fill_defaults(yaml.safe_load((REPO / "config" / "imagenet1k.yaml").read_text()))
+    cfg["evaluate"]["protocols"] = ["sre2l_imagenet1k", "gvbsm_imagenet1k", "edc_imagenet1k"]
+    wc = {"method": "teddy", "ipc": 10, "arch": "resnet18", "seed": 0}
+    gvbsm = stage("evaluate").settings(cfg, {**wc, "protocol": "gvbsm_imagenet1k"})
+    assert gvbsm["teachers"] == {"archs": ["resnet18", "mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5"],
+                                 "combine": "rescaled_mean"}
+    assert gvbsm["recipe"]["kd_loss"] == "mse_ce" and gvbsm["recipe"]["hard_label_weight"] == 0.1
+    edc = stage("evaluate").settings(cfg, {**wc, "protocol": "edc_imagenet1k"})
+    assert edc["teachers"]["combine"] == "mean" and edc["recipe"]["ema_decay"] == 0.99
+    assert edc["recipe"]["batch_size"] == 100 and edc["recipe"]["augment"]["crop_scale"] == [0.5, 1.0]
+    assert stage("relabel").settings(cfg, {**wc, "protocol": "edc_imagenet1k"})["teacher"] == edc["teachers"]
+    sre2l = stage("evaluate").settings(cfg, {**wc, "protocol": "sre2l_imagenet1k"})
+    assert "teachers" not in sre2l and "kd_loss" not in sre2l["recipe"] and "ema_decay" not in sre2l["recipe"]
+    assert stage("relabel").settings(cfg, {**wc, "protocol": "sre2l_imagenet1k"})["teacher"] == "resnet18"
+    base = stage("train_base").settings(cfg, {"arch": "alexnet"})
+    assert base["model"]["arch"] == base["base"]["arch"] == "alexnet" and base["base"]["snapshot_epochs"] == []
+    assert stage("train_base").settings(cfg, {"arch": "resnet18"})["base"] == cfg["base"]
+
+
 def test_cells_pair_each_student_with_the_protocols_that_evaluate_it():
     cfg = demo()
     cfg["evaluate"]["protocols"] = ["dc", "teddy_small_kd"]
@@ -106,6 +159,9 @@ def test_a_whole_set_schedule_scales_the_milestones():
     dc = load_protocol("dc")
     assert whole_set_recipe(dc)["milestones"] == [152]
     assert whole_set_recipe(dc, 6) | {"milestones": [3]} == whole_set_recipe(dc, 6)
+    rded = load_protocol("rded")  # RDED's patch shuffling is for its synthetic mosaics, not for real images
+    assert rded["recipe"]["augment"]["shuffle_patches"] == 2
+    assert "shuffle_patches" not in whole_set_recipe(rded)["augment"] and whole_set_recipe(rded)["augment"]["cutmix"]
 
 
 def test_instance_norm_is_per_sample():

@@ -43,8 +43,9 @@ def test_shipped_rows_carry_their_sources_protocol():
     assert of("mnist", "random") == {"dc_mnist"} and of("mnist", "whole dataset") == {"dc_mnist"}
     assert of("cifar10", "dm") == {"dsa"} and of("cifar10", "mtt") == {"mtt"}
     assert of("fashion_mnist", "kip") == {"unstated"} and of("imagenet1k", "teddy") == {"unstated"}
-    assert of("imagenet1k", "g-vbsm") == {"gvbsm"} and of("tiny_imagenet", "sre2l") == {"sre2l_tiny_imagenet"}
-    assert of("imagenet1k", "rded") == {"rded"} and of("imagenet1k", "edc") == {"edc"}
+    assert of("imagenet1k", "g-vbsm") == {"gvbsm_imagenet1k"} and of("tiny_imagenet", "g-vbsm") == {"gvbsm"}
+    assert of("tiny_imagenet", "sre2l") == {"sre2l_tiny_imagenet"}
+    assert of("imagenet1k", "rded") == {"rded"} and of("imagenet1k", "edc") == {"edc_imagenet1k"}
     assert of("imagenet1k", "sre2l") == {"sre2l_imagenet1k", "cim"}  # its own, and CIM's re-evaluation
     # DC Table 1's Fashion-MNIST and MNIST baselines
     fm = load_published(PUBLISHED, dataset="fashion_mnist")

@@ -11,9 +11,15 @@ from teddy.config import load_config
 from teddy.stages import machine_from_config, stage
 
 
-def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml"):
+def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml", edit=None):
+    """Each job of a dry run, by its first output: its rule, resources and `inputs`; `edit`
+    changes the config (a dict) first."""
     work = tmp_path / "w"
     shutil.copytree(REPO / "config", work / "config")
+    if edit is not None:
+        cfg = yaml.safe_load((work / "config" / config_file).read_text())
+        edit(cfg)
+        (work / "config" / config_file).write_text(yaml.safe_dump(cfg))
     proc = snakemake(work, "-n", "--configfile", str(work / "config" / config_file))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     jobs = {}
@@ -21,9 +27,11 @@ def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml"):
         rule = re.match(r"rule (\w+):", block)
         output = re.search(r"output: ([^\s,]+)", block)
         found = re.search(r"resources: (.*)", block)
+        inputs = re.search(r"input: (.*)", block)
         if rule and output and found:
             values = dict(kv.split("=", 1) for kv in found.group(1).split(", "))
-            jobs[output.group(1)] = {"rule": rule.group(1), **values}
+            jobs[output.group(1)] = {"rule": rule.group(1), **values,
+                                     "inputs": inputs.group(1).split(", ") if inputs else []}
     return jobs
 
 
@@ -97,3 +105,25 @@ def test_student_jobs_are_costed_by_the_epochs_they_train():
         full = mod.resources(settings, 1, machine)["runtime"]
         settings["recipe"] = {**settings["recipe"], "stop_after_epoch": 1}
         assert mod.resources(settings, 1, machine)["runtime"] < full, name
+
+
+def test_an_ensemble_protocol_trains_each_teacher_once_and_teaches_with_all(tmp_path):
+    """config/imagenet1k.yaml with G-VBSM's and EDC's protocols added: one train_base job per
+    teacher architecture (five, resnet18 shared), and each protocol's students read their own
+    teachers (online teacher outputs); stored, relabelling with four teachers costs more."""
+    protocols = ["sre2l_imagenet1k", "gvbsm_imagenet1k", "edc_imagenet1k"]
+    jobs = _dry_run_resources(tmp_path, edit=lambda cfg: cfg["evaluate"].update(protocols=protocols))
+    bases = sorted(o for o, j in jobs.items() if j["rule"] == "train_base")
+    assert bases == [f"results/imagenet1k/base/{a}/model.pt" for a in
+                     ("alexnet", "efficientnet_b0", "mobilenet_v2", "resnet18", "shufflenet_v2_x0_5")]
+    student = lambda protocol: next(j for o, j in jobs.items()
+                                    if j["rule"] == "evaluate" and f"/{protocol}/" in o)
+    teachers = lambda protocol: sorted(i.split("/")[-2] for i in student(protocol)["inputs"] if "/base/" in i)
+    assert teachers("gvbsm_imagenet1k") == ["efficientnet_b0", "mobilenet_v2", "resnet18", "shufflenet_v2_x0_5"]
+    assert teachers("edc_imagenet1k") == ["alexnet", "mobilenet_v2", "resnet18", "shufflenet_v2_x0_5"]
+    assert teachers("sre2l_imagenet1k") == ["resnet18"]
+    cfg, machine = _imagenet1k()
+    relabel = stage("relabel")
+    cost = lambda protocol: relabel.resources(relabel.settings(cfg, {**WILDCARDS, "protocol": protocol}), 1,
+                                              machine)["runtime"]
+    assert cost("gvbsm_imagenet1k") > cost("sre2l_imagenet1k")

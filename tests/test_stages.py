@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fixtures import set_protocol, tiny_config, write_class_folders, write_fashion_mnist
 from teddy.config import load_config
@@ -105,6 +106,51 @@ def test_every_stage_runs_from_its_settings_alone(pipeline, tmp_path):
     table = mod.run(mod.settings(cfg, {}), Files(evals=evals, ceilings=pipeline["ceilings"]), out,
                     pipeline["machine"])
     assert set(table["method"]) >= {"teddy", "random"} and (tmp_path / "a.md").is_file()
+
+
+def test_an_ensemble_protocol_runs_through_its_stages(pipeline, tmp_path):
+    """A kd protocol taught by an ensemble (G-VBSM's form: rescaled mean, MSE + CE, here with EMA):
+    train_base makes the second architecture, relabel and evaluate take both model files, and the
+    stored and online students agree exactly."""
+    cfg, machine, R = copy.deepcopy(pipeline["cfg"]), pipeline["machine"], pipeline["R"]
+    folder = Path(cfg["protocols_dir"])
+    protocol = yaml.safe_load((folder / "teddy_small_kd.yaml").read_text())
+    protocol.update(name="ensemble_kd", teachers={"archs": ["convnet", "resnet10_w16"], "combine": "rescaled_mean"})
+    protocol["recipe"].update(epochs=2, kd_loss="mse_ce", hard_label_weight=0.1, ema_decay=0.9)
+    (folder / "ensemble_kd.yaml").write_text(yaml.safe_dump(protocol))
+    stored = copy.deepcopy(cfg)
+    stored["evaluate"]["teacher_outputs"] = "stored"
+
+    def go(name, inputs, outputs, config=cfg, **wildcards):
+        mod = stage(name)
+        settings = mod.settings(config, wildcards)
+        json.dumps(settings)
+        return settings, mod.run(settings, inputs, outputs, machine)
+
+    other = tmp_path / "base/resnet10_w16"
+    settings, metrics = go("train_base", Files(), Files(model=other / "model.pt", metrics=other / "metrics.json"),
+                           arch="resnet10_w16")
+    assert settings["base"]["arch"] == metrics["arch"] == "resnet10_w16"
+    assert metrics["snapshots"] == {} and not list(other.glob("snapshots/*.pt"))  # no pool reads a teacher's
+    teachers = [R / "base/convnet/model.pt", other / "model.pt"]
+    set_dir = R / "distilled/teddy/ipc2"
+    wc = dict(method="teddy", ipc=2, protocol="ensemble_kd", seed=0)
+    store = tmp_path / "soft_labels/meta.json"
+    go("relabel", Files(distilled=set_dir / "meta.json", teacher=teachers), Files(store), **wc)
+    results = {}
+    for config, inputs in ((cfg, Files(distilled=set_dir / "meta.json", teacher=teachers)),
+                           (stored, Files(distilled=set_dir / "meta.json", soft_labels=[store]))):
+        out = tmp_path / f"eval_{config['evaluate']['teacher_outputs']}.json"
+        settings, _ = go("evaluate", inputs, Files(out), config=config, arch="convnet", **wc)
+        assert settings["teachers"]["archs"] == ["convnet", "resnet10_w16"]
+        results[config["evaluate"]["teacher_outputs"]] = json.loads(out.read_text())
+    assert results["online"]["test_accuracy"] == results["stored"]["test_accuracy"]
+    with pytest.raises(TeddyError, match="teacher"):  # one model file for a two-teacher ensemble
+        go("evaluate", Files(distilled=set_dir / "meta.json", teacher=teachers[:1]), Files(tmp_path / "x.json"),
+           arch="convnet", **wc)
+    _, ceiling = go("ceiling", Files(teacher=teachers), Files(tmp_path / "ceiling.json"), arch="convnet",
+                    protocol="ensemble_kd", seed=0)
+    assert ceiling["labels"] == "online_kd" and 0 <= ceiling["test_accuracy"] <= 1
 
 
 def test_train_prior_and_normalisation_run_from_their_settings(tmp_path):

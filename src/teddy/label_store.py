@@ -19,8 +19,9 @@ bytes, with b_value = 2 (fp16), b_class = 2 when classes <= 32767 else 4; plus a
 overhead of a few kB (torch.save container, per-batch shift and mix parameters). The DC and DSA
 benchmark augmentations (augment.dc_augment, augment.dsa) are plan fields like the others and
 are stored with it: + 5 bytes per image with dc_augment (operation, two int16 arguments; its
-noise as one seed per batch), + 16 with dsa (four float32 parameters; the family per batch);
-predicted_bytes_per_epoch leaves them out.
+noise as one seed per batch), + 16 with dsa (four float32 parameters; the family per batch),
++ 2 x factor with shuffle_patches (two int8 strip orders); predicted_bytes_per_epoch leaves them
+out.
 
 Followed: FKD (Shen & Xing, "A Fast Knowledge Distillation Framework") as used by SRe2L's
 relabel step (VILA-Lab/SRe2L): crop coordinates, flip and mix parameters saved with the

@@ -128,23 +128,23 @@ def resnet10_w16(num_classes, in_channels, image_size):
 
 def _torchvision(ctor, num_classes, in_channels):
     model = ctor(weights=None, num_classes=num_classes)
-    if in_channels != 3:
-        if hasattr(model, "conv1"):
-            old = model.conv1
-            model.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-        else:  # mobilenet_v2
-            old = model.features[0][0]
-            model.features[0][0] = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride,
-                                             old.padding, bias=False)
+    if in_channels != 3:  # the first convolution takes the dataset's channels
+        parent, name, old = next((parent, name, child) for parent in model.modules()
+                                 for name, child in parent.named_children() if isinstance(child, nn.Conv2d))
+        setattr(parent, name, nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                                        bias=old.bias is not None))
     return model
 
 
-# torchvision's ImageNet-style models (224-pixel inputs, five stride-2 stages: at least 32 pixels),
-# registered under their own names
-for _name, _ctor in {"resnet18": tvm.resnet18, "resnet50": tvm.resnet50, "resnet101": tvm.resnet101,
-                     "mobilenet_v2": tvm.mobilenet_v2}.items():
-    register(_name, min_image_size=32)(lambda num_classes, in_channels, image_size, _ctor=_ctor: _torchvision(_ctor, num_classes,
-                                                                                            in_channels))
+# torchvision's ImageNet-style models (224-pixel inputs, five stride-2 stages: at least 32 pixels;
+# AlexNet's 11x11 stride-4 stem and three 3x3 stride-2 max-pools: 63), registered under their own
+# names; the last four are the ImageNet-1K teacher ensembles of G-VBSM and EDC (teddy.teachers)
+for _name, (_ctor, _min) in {"resnet18": (tvm.resnet18, 32), "resnet50": (tvm.resnet50, 32),
+                             "resnet101": (tvm.resnet101, 32), "mobilenet_v2": (tvm.mobilenet_v2, 32),
+                             "efficientnet_b0": (tvm.efficientnet_b0, 32),
+                             "shufflenet_v2_x0_5": (tvm.shufflenet_v2_x0_5, 32), "alexnet": (tvm.alexnet, 63)}.items():
+    register(_name, min_image_size=_min)(lambda num_classes, in_channels, image_size, _ctor=_ctor:
+                                         _torchvision(_ctor, num_classes, in_channels))
 
 
 def arch_spec(cfg: dict, arch: str) -> dict:

@@ -53,8 +53,11 @@ def _read(path: str, version: tuple) -> dict:
     if protocol["name"] != Path(path).stem:
         raise TeddyError(f"protocol file {path}: key name is '{protocol['name']}', expected the file's stem "
                          f"'{Path(path).stem}'")
-    if protocol["labels"] == "kd" and "temperature" not in protocol["recipe"]:
+    kl = protocol["recipe"].get("kd_loss", "kl") == "kl"
+    if protocol["labels"] == "kd" and kl and "temperature" not in protocol["recipe"]:
         raise TeddyError(f"protocol file {path}: key recipe.temperature is required for labels: kd")
+    if protocol["labels"] == "hard" and protocol["teachers"]:
+        raise TeddyError(f"protocol file {path}: key teachers needs labels: kd")
     return protocol
 
 
@@ -127,8 +130,12 @@ def class_batch_size(recipe: dict, num_images: int, num_classes: int) -> int:
 
 def whole_set_recipe(protocol: dict, epochs: int | None = None) -> dict:
     """The protocol's recipe on the whole training set (the ceiling rows): `epochs` (config
-    ceiling.epochs) replaces the recipe's, and step milestones and warm-up scale in proportion."""
+    ceiling.epochs) replaces the recipe's, and step milestones and warm-up scale in proportion;
+    no shuffle_patches (real images are not patch mosaics)."""
     recipe = copy.deepcopy(protocol["recipe"])
+    if (recipe.get("augment") or {}).get("shuffle_patches"):
+        # RDED shuffles the patches of its synthetic mosaics; a real image is not one
+        recipe["augment"].pop("shuffle_patches")
     if epochs is None or int(epochs) == int(recipe["epochs"]):
         return recipe
     ratio = int(epochs) / int(recipe["epochs"])
@@ -140,12 +147,36 @@ def whole_set_recipe(protocol: dict, epochs: int | None = None) -> dict:
     return recipe
 
 
+def teacher_archs(protocol: dict, base_arch: str) -> list[str]:
+    """The architectures of a kd protocol's teachers (rule train_base's models): its `teachers`,
+    else the base model's; none for hard labels."""
+    if protocol["labels"] != "kd":
+        return []
+    return list(protocol["teachers"]["archs"]) if protocol.get("teachers") else [base_arch]
+
+
 def check_protocols(cfg: dict, image_size: int) -> None:
     """At config load: every protocol exists and is valid, every student has a protocol that
-    evaluates it and every protocol a student, and each variant takes the dataset's images."""
+    evaluates it and every protocol a student, each variant takes the dataset's images, and an
+    ensemble's teachers are registered, fit the images and can be made from base.weights."""
     protocols = config_protocols(cfg)
     students = list(cfg["evaluate"]["students"])
+    base = cfg["base"]
     for name, protocol in protocols.items():
+        for arch in teacher_archs(protocol, base["arch"]):
+            if arch == base["arch"]:
+                continue
+            if arch not in MODELS:
+                raise TeddyError(f"protocol '{name}': teacher architecture '{arch}' (key teachers.archs) is not "
+                                 f"registered; registered: {sorted(MODELS)}")
+            options = (cfg.get("arch_options") or {}).get(arch, {})
+            try:
+                check_image_size(arch, image_size, **options)
+            except TeddyError as exc:
+                raise TeddyError(f"protocol '{name}' teacher: {exc}") from None
+            if base.get("weights") not in (None, "torchvision"):
+                raise TeddyError(f"protocol '{name}' has teacher '{arch}', but base.weights is a file for "
+                                 f"'{base['arch']}' only: use base.weights torchvision, or train (no base.weights)")
         if protocol["students"] != "any":
             for arch in protocol["students"]:
                 if arch not in MODELS:

@@ -27,7 +27,7 @@ NORMS = ("batch", "instance", "layer", "group", "none")
 
 UNSTATED = "unstated"
 # peers' evaluation protocols we name (../shared/docs/METHOD.md section 7) but ship no file for
-PEER_PROTOCOLS = ("gvbsm", "edc", "mtt", "cim")
+PEER_PROTOCOLS = ("gvbsm", "mtt", "cim")
 
 
 def row_protocols(protocol_dir=None) -> tuple[str, ...]:

@@ -307,6 +307,9 @@ def context_lines(context: dict | None) -> list[str]:
     lines = []
     if context.get("teacher_accuracy") is not None:
         lines.append(f"Teacher (base model): {_percent(context['teacher_accuracy'])} test")
+    if context.get("ensemble_teachers"):
+        listed = ", ".join(f"{arch} {_percent(acc)}" for arch, acc in context["ensemble_teachers"].items())
+        lines.append(f"Other teachers of an ensemble (test): {listed}")
     for pool, members in (context.get("pools") or {}).items():
         listed = ", ".join(f"{member} {_percent(acc)}" for member, acc in members.items())
         lines.append(f"Pool {pool} (members' test accuracy): {listed}")

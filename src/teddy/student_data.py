@@ -233,13 +233,26 @@ def draw_dsa(bounds: list[int], image_size: int, cfg: dict, generator: torch.Gen
             "dsa_param": torch.cat(params) if params else torch.zeros(0, 4)}
 
 
+def draw_shuffle_patches(n: int, image_size: int, factor: int, generator: torch.Generator) -> dict:
+    """RDED's ShufflePatches (LINs-lab/RDED validation/utils.py), drawn for n images: the image
+    is cut into `factor` vertical strips, which are shuffled, then into `factor` horizontal
+    strips, shuffled too; `patch_cols` and `patch_rows` [n, factor] give each image's new strip
+    order (uniform permutations, as random.shuffle draws them)."""
+    factor = int(factor)
+    if image_size % factor:
+        raise TeddyError(f"augment.shuffle_patches={factor} needs an image side divisible by it, not {image_size}")
+    cols = torch.rand(n, factor, generator=generator).argsort(dim=1)
+    rows = torch.rand(n, factor, generator=generator).argsort(dim=1)
+    return {"patch_cols": cols.to(torch.int8), "patch_rows": rows.to(torch.int8)}
+
+
 def plan_epoch(num_images: int, batch_size: int, image_size: int, cfg: dict, generator: torch.Generator,
                chunks: int = 1) -> dict:
     """One epoch's plan (see the module docstring). The draw order (order, then per batch: crop
     boxes, flips, shift, mix) keeps runs without crop and mix identical to the earlier
     batch-level augmentation of teddy.augment. Then, only when set: dc_augment's draws
     (draw_dc_augment: fields dc_op, dc_arg, and dc_noise, dc_noise_seed with noise), then dsa's
-    (draw_dsa: dsa_family, dsa_param)."""
+    (draw_dsa: dsa_family, dsa_param), then shuffle_patches' (patch_cols, patch_rows)."""
     order = torch.randperm(num_images, generator=generator)
     starts = list(range(0, num_images, batch_size))
     if chunks > 1:  # every process and accumulation step needs at least one image
@@ -268,6 +281,8 @@ def plan_epoch(num_images: int, batch_size: int, image_size: int, cfg: dict, gen
         extra.update(draw_dc_augment(bounds, image_size, cfg["dc_augment"], generator))
     if cfg and cfg.get("dsa") is not None:
         extra.update(draw_dsa(bounds, image_size, cfg["dsa"], generator))
+    if cfg and int(cfg.get("shuffle_patches") or 1) > 1:
+        extra.update(draw_shuffle_patches(int(bounds[-1]), image_size, cfg["shuffle_patches"], generator))
     return {"order": order.int(), "bounds": torch.tensor(bounds, dtype=torch.int32),
             "boxes": torch.cat(boxes) if boxes else None,
             "flip": torch.cat(flips) if flips else torch.zeros(0, dtype=torch.bool),
@@ -295,6 +310,21 @@ def roi_crop(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
                         b[:, 0] * w, b[:, 1] * h, b[:, 2] * w, b[:, 3] * h], dim=1)
     # sampling_ratio 1: one bilinear sample at each output pixel centre (a full box is the identity)
     return roi_align(x, rois, output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+
+
+def shuffle_patches(x: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Each image's strips put in its drawn order (draw_shuffle_patches): output strip k is input
+    strip cols[k] (columns), then likewise for rows; two gathers over the batch."""
+    n, c, h, w = x.shape
+    factor = cols.shape[1]
+
+    def order(perm, side):
+        j = torch.arange(side, device=x.device)
+        width = side // factor
+        return perm.long()[:, j // width] * width + j % width  # [n, side]: the source of each output line
+
+    x = x.gather(3, order(cols, w).view(n, 1, 1, w).expand(n, c, h, w))
+    return x.gather(2, order(rows, h).view(n, 1, h, 1).expand(n, c, h, w))
 
 
 def flip_and_shift(x: torch.Tensor, flip: torch.Tensor, shift) -> torch.Tensor:
@@ -643,6 +673,11 @@ class StudentData:
             dc_op, dc_arg, dc_used = plan["dc_op"].to(dev), plan["dc_arg"].to(dev), set(plan["dc_op"].unique().tolist())
         dsa = plan.get("dsa_family") is not None
         dsa_param = plan["dsa_param"].to(dev) if dsa else None
+        patches = plan.get("patch_cols") is not None
+        if patches and self.source == "folder":
+            raise TeddyError("augment.shuffle_patches applies to distilled sets, not to ImageFolder trees of real "
+                             "images (base training)")
+        patch_cols, patch_rows = (plan["patch_cols"].to(dev), plan["patch_rows"].to(dev)) if patches else (None, None)
         if self.source == "tensor":
             order = plan["order"].long()
             raw = ((self.dataset.images[order[span]], self.dataset.targets[order[span]]) for *_, span in jobs)
@@ -658,6 +693,8 @@ class StudentData:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if self.pixel_stats is not None:
                 x = self._normalise(x)
+            if patches:  # RDED: ShufflePatches before the crop
+                x = shuffle_patches(x, patch_cols[span], patch_rows[span])
             if crop:
                 x = roi_crop(x, boxes_dev[span])
             x = flip_and_shift(x, flips[span], plan["shift"][step].tolist())

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from teddy.data import batches
@@ -64,7 +65,7 @@ def make_optimizer(params, recipe: dict) -> torch.optim.Optimizer:
     raise TeddyError(f"unknown optimizer '{name}' (recipe key optimizer)")
 
 
-SCHEDULES = ("cosine", "half_cosine", "step", "constant")
+SCHEDULES = ("cosine", "half_cosine", "linear", "step", "constant")
 
 
 def trained_epochs(recipe: dict) -> int:
@@ -82,7 +83,7 @@ def trained_epochs(recipe: dict) -> int:
 def lr_factor(recipe: dict, steps_per_epoch: int):
     """The lr multiplier as a function of the optimiser step, from the recipe's `schedule`:
     cosine (to 0, default), half_cosine (the first half of a cosine: ends at 0.5 x lr, RDED),
-    step (x `gamma` after each epoch in `milestones`, DC), constant; after `warmup_epochs` of
+    linear (to `final_lr_factor` x lr, default 0; EDC's released script ends at 0.5), step (x `gamma` after each epoch in `milestones`, DC), constant; after `warmup_epochs` of
     linear warm-up (from `warmup_start_factor` x lr when given). `schedule_unit: epoch` moves
     the factor once per epoch, as SRe2L's and RDED's schedulers do; `step` (default) every step."""
     kind = recipe.get("schedule", "cosine")
@@ -95,6 +96,7 @@ def lr_factor(recipe: dict, steps_per_epoch: int):
     start = recipe.get("warmup_start_factor")
     milestones = [int(m) * steps_per_epoch for m in recipe.get("milestones") or []]
     gamma = float(recipe.get("gamma", 0.1))
+    final = float(recipe.get("final_lr_factor", 0.0))
 
     def factor(step):
         if kind == "step":  # milestones count optimiser steps, whatever the unit
@@ -107,6 +109,8 @@ def lr_factor(recipe: dict, steps_per_epoch: int):
         if kind == "constant":
             return 1.0
         progress = min(1.0, (position - warmup) / max(1, total - warmup))
+        if kind == "linear":
+            return 1.0 - (1.0 - final) * progress
         return 0.5 * (1.0 + math.cos(math.pi * progress * (0.5 if kind == "half_cosine" else 1.0)))
     return factor
 
@@ -150,13 +154,16 @@ class Targets:
     method the loop calls, for one micro-batch."""
 
     kd = False
-    hard_weight, temperature, t_squared, device = 1.0, 4.0, True, None  # until `configure`
+    hard_weight, temperature, t_squared, loss_form, device = 1.0, 4.0, True, "kl", None  # until `configure`
 
     def configure(self, recipe: dict, device: torch.device) -> "Targets":
         self.device = device
         self.temperature = float(recipe.get("temperature", 4.0))
         self.t_squared = bool(recipe.get("kd_t_squared", True))
         self.hard_weight = float(recipe.get("hard_label_weight", 0.0 if self.kd else 1.0))
+        self.loss_form = recipe.get("kd_loss", "kl")
+        if self.loss_form not in KD_LOSSES:
+            raise TeddyError(f"unknown kd_loss '{self.loss_form}' (recipe key kd_loss; known: {', '.join(KD_LOSSES)})")
         return self
 
     def plan(self, epoch: int, draw: Callable[[], dict]) -> dict:
@@ -168,12 +175,21 @@ class Targets:
         return None
 
     def loss(self, logits: torch.Tensor, x: torch.Tensor, mb) -> torch.Tensor:
-        """hard_label_weight x CE towards the (mixed) labels, plus the KD loss when the source has soft targets."""
+        """hard_label_weight x CE towards the (mixed) labels, plus the KD loss when the source has
+        soft targets; kd_loss mse_ce: MSE between student and teacher logits plus hard_label_weight x
+        CE towards each image's own label, unmixed (G-VBSM's and EDC's `mse_gt`)."""
+        if self.kd and self.loss_form == "mse_ce":
+            teacher_logits = self.soft_logits(x, mb)
+            loss = F.mse_loss(logits.float(), teacher_logits.float())
+            return loss + self.hard_weight * F.cross_entropy(logits, mb.y) if self.hard_weight else loss
         loss = self.hard_weight * mixed_cross_entropy(logits, mb.y, mb) if self.hard_weight else 0.0
         teacher_logits = self.soft_logits(x, mb)
         if teacher_logits is not None:
             loss = loss + kd_loss(logits.float(), teacher_logits.float(), self.temperature, self.t_squared)
         return loss
+
+
+KD_LOSSES = ("kl", "mse_ce")
 
 
 class HardLabels(Targets):
@@ -209,6 +225,13 @@ class StoredTargets(Targets):
     def __init__(self, store: LabelStore):
         self.store = store
 
+    def configure(self, recipe: dict, device: torch.device) -> "Targets":
+        super().configure(recipe, device)
+        if self.loss_form == "mse_ce" and int(self.store.meta["keep_topk"]) < self.store.num_classes:
+            raise TeddyError(f"kd_loss mse_ce regresses every logit, but the store {self.store.meta_path} keeps "
+                             f"only the top {self.store.meta['keep_topk']} (config key evaluate.keep_topk)")
+        return self
+
     def plan(self, epoch, draw):
         self.current = self.store.epoch(epoch)
         return self.current
@@ -231,13 +254,13 @@ def targets_for(teacher: nn.Module | None = None, label_store: LabelStore | None
 def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torch.optim.Optimizer, scheduler, *,
                     device: torch.device, accumulate: int = 1, world: int = 1, channels_last: bool = False,
                     amp: bool = False, guard: Resumable | None = None, desc: str = "train", epoch: int = 0,
-                    check_each_step: bool | None = None) -> float:
+                    check_each_step: bool | None = None, ema=None) -> float:
     """One epoch over `batches` (teddy.student_data MicroBatches, `accumulate` per optimiser step);
     `model` may be DDP-wrapped (gradients all-reduced on the last micro-batch of a batch only).
     Returns the mean loss over every image of the epoch, summed over processes. `guard` (the
     run's checkpoint) names the checkpoint kept when a loss is not finite: checked at every step
     on CPU, once per epoch elsewhere (`check_each_step` overrides), so that a GPU step does not
-    wait for the host."""
+    wait for the host. `ema` (an `ema_of` average) follows every optimiser step."""
     guard = guard if guard is not None else Resumable(None, {})
     model.train()
     # the running loss stays on the device (float64: the same sums as Python floats of the
@@ -261,6 +284,8 @@ def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torc
         if last:
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
         total_loss += loss.detach().double() * len(mb.y)
         seen += len(mb.y)
     total_loss, seen = all_reduce_sum([total_loss.item(), seen], device)
@@ -268,6 +293,29 @@ def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torc
         guard.check_finite(torch.tensor(total_loss), desc,
                            f"epoch {epoch + 1} (checked once per epoch on {device.type})")
     return total_loss / max(1, seen)
+
+
+def ema_of(model: nn.Module, recipe: dict):
+    """The recipe's exponential moving average of the parameters (`ema_decay`), or None. As EDC's
+    EMAMODEL: it starts from the initial weights and moves after every optimiser step,
+    ema = decay x ema + (1 - decay) x weights; buffers (BatchNorm statistics) are not averaged."""
+    if recipe.get("ema_decay") is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(recipe["ema_decay"])), use_buffers=False)
+    ema.update_parameters(model)  # the first update copies: the average starts at the initial weights
+    return ema
+
+
+@torch.no_grad()
+def swap_ema_weights(model: nn.Module, ema) -> None:
+    """Exchange the model's parameters with the average's (twice restores them); the model keeps
+    its own buffers, as EDC's ema_swap does for validation."""
+    for own, averaged in zip(model.parameters(), ema.module.parameters()):
+        kept = own.detach().clone()
+        own.copy_(averaged)
+        averaged.copy_(kept)
 
 
 def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: int = 0, *,
@@ -288,7 +336,8 @@ def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: i
     temperature (KD), hard_label_weight (KD + CE mix), amp, channels_last (student and teacher),
     compile (torch.compile of student and teacher; amp, channels_last and compile act on CUDA
     only), checkpoint_every (epochs), eval_every (epochs), stop_after_epoch (train the schedule of
-    `epochs`, stop after this one).
+    `epochs`, stop after this one), kd_loss (kl | mse_ce), ema_decay (evaluate and return the
+    moving average of the parameters: `ema_of`).
     """
     epochs, batch_size = trained_epochs(recipe), int(recipe["batch_size"])
     accumulate = int(recipe.get("accumulate", 1))
@@ -319,8 +368,11 @@ def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: i
                 "teacher": targets.kd, **({"processes": world} if world > 1 else {})}
     checkpoint = Resumable(checkpoint_path, settings)
     state = checkpoint.load(optimizer, scheduler, generator)
+    ema = ema_of(model, recipe)
     if state is not None:
         model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         history, start_epoch = state["history"], state["epoch"]
         print(f"resuming {desc} from {checkpoint.path} at epoch {start_epoch}/{epochs}", file=sys.stderr)
     every = int(recipe.get("checkpoint_every", max(1, epochs // 10)))
@@ -337,18 +389,25 @@ def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: i
                                                       chunks))
         loss = train_one_epoch(net, data.epoch(plan), targets, optimizer, scheduler, device=device,
                                accumulate=accumulate, world=world, channels_last=channels_last, amp=amp,
-                               guard=checkpoint, desc=desc, epoch=epoch)
+                               guard=checkpoint, desc=desc, epoch=epoch, ema=ema)
         if epoch + 1 in fresh_optimizer_after:
             optimizer.state.clear()  # momentum buffers gone, as with DC's new optimiser
         metrics = {"epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0]}
         if eval_set is not None and eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+            if ema is not None:
+                swap_ema_weights(model, ema)
             metrics["eval_accuracy"] = evaluate_accuracy(model, eval_set, device, amp=amp)
+            if ema is not None:
+                swap_ema_weights(model, ema)
         history.append(metrics)
         bar.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "epoch"})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, metrics)
         if rank == 0 and ((epoch + 1) % every == 0 and epoch + 1 < epochs):
-            checkpoint.save(optimizer, scheduler, generator, history, model=model.state_dict(), epoch=epoch + 1)
+            checkpoint.save(optimizer, scheduler, generator, history, model=model.state_dict(), epoch=epoch + 1,
+                            **({"ema": ema.state_dict()} if ema is not None else {}))
+    if ema is not None:  # the run's result is the average
+        swap_ema_weights(model, ema)
     return history
 
 

@@ -8,7 +8,7 @@ from teddy.config import load_config
 from teddy.errors import TeddyError
 from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
-from teddy.protocols import cells, config_protocols
+from teddy.protocols import cells, config_protocols, teacher_archs
 from teddy.published import published_files
 from teddy.shards import eval_cell, eval_result_path, method_eval_seeds, method_ipcs, shard_count
 from teddy.stages import machine_from_config, stage
@@ -113,11 +113,16 @@ def shard_done_files(wildcards):
     return [f"{R}/distilled/{wildcards.method}/ipc{wildcards.ipc}/shards/{k}/done.json" for k in range(count)]
 
 
+def teacher_models(wildcards):
+    """A kd protocol's teacher(s): the base model, or one base model per architecture of its
+    `teachers` ensemble (rule train_base, wildcard arch)."""
+    return [f"{R}/base/{arch}/model.pt" for arch in teacher_archs(PROTOCOLS[wildcards.protocol], BASE_ARCH)]
+
+
 def teacher_if_kd(wildcards):
-    """The base model, for a kd protocol's ceiling, or its evaluation with online teacher outputs."""
-    kd = PROTOCOLS[wildcards.protocol]["labels"] == "kd"
+    """The teacher(s), for a kd protocol's ceiling, or its evaluation with online teacher outputs."""
     online = config["evaluate"]["teacher_outputs"] == "online" or "method" not in wildcards.keys()
-    return [f"{R}/base/{BASE_ARCH}/model.pt"] if kd and online else []
+    return teacher_models(wildcards) if online else []
 
 
 def soft_labels_if_stored(wildcards):
@@ -130,8 +135,10 @@ def soft_labels_if_stored(wildcards):
 def teacher_metrics():
     """The base model's metrics (its test accuracy heads the tables) when the DAG trains one: a
     kd protocol's teacher, or a method reading a pool."""
+    archs = {arch for p in PROTOCOLS.values() for arch in teacher_archs(p, BASE_ARCH)} - {BASE_ARCH}
     kd = any(p["labels"] == "kd" for p in PROTOCOLS.values())
-    return [f"{R}/base/{BASE_ARCH}/metrics.json"] if kd or used_pools() else []
+    base = [f"{R}/base/{BASE_ARCH}/metrics.json"] if kd or used_pools() else []
+    return base + [f"{R}/base/{arch}/metrics.json" for arch in sorted(archs)]
 
 
 def used_pools():

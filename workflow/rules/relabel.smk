@@ -6,7 +6,7 @@ rule relabel:
     input:
         data=DATA,
         distilled=f"{R}/distilled/{{method}}/ipc{{ipc}}/meta.json",
-        teacher=f"{R}/base/{BASE_ARCH}/model.pt",
+        teacher=teacher_models,
     output:
         f"{R}/distilled/{{method}}/ipc{{ipc}}/soft_labels/{{protocol}}/seed{{seed}}/meta.json",
     params:

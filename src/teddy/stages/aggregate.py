@@ -36,16 +36,18 @@ def settings(cfg: dict, wildcards: dict) -> dict:
             "ceiling": {"seeds": [int(s) for s in ceiling["seeds"]]} if ceiling else None}
 
 
-def context(settings: dict, teacher_metrics, manifests) -> dict:
+def context(settings: dict, teacher_metrics, manifests, ensemble_metrics=()) -> dict:
     """What the tables say their rows were taught by: each protocol's description, the teacher's
-    test accuracy (base model) and every pool member's (pool manifests)."""
+    test accuracy (base model), every pool member's (pool manifests) and those of the other base
+    models a protocol's teacher ensemble holds (`ensemble_metrics`: their metrics.json files)."""
     pools = {}
     for path in manifests:
         table = pd.read_csv(path)
         pools[Path(path).parent.name] = dict(zip(table["member"].astype(str), table["test_accuracy"]))
     teacher = load_json(teacher_metrics).get("test_accuracy") if teacher_metrics else None
+    ensemble = {Path(p).parent.name: load_json(p).get("test_accuracy") for p in ensemble_metrics}
     return {"protocols": {n: p["description"] for n, p in settings["protocols"].items()},
-            "teacher_accuracy": teacher, "pools": pools}
+            "teacher_accuracy": teacher, "pools": pools, **({"ensemble_teachers": ensemble} if ensemble else {})}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
@@ -54,7 +56,8 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> pd.DataFrame:
     """inputs.evals, inputs.ceilings, inputs.published (CSV files), inputs.manifests (pools),
-    inputs.teacher (the base model's metrics.json, when the DAG trains one); outputs.csv, md, tex, html,
+    inputs.teacher (the base model's metrics.json, when the DAG trains one, then those of the other
+    teachers of an ensemble); outputs.csv, md, tex, html,
     efficiency and plots (one per label protocol, in settings' order). The benchmarks and the
     distillation logs are read from machine.results_dir."""
     dataset = settings["dataset"]["name"]
@@ -76,7 +79,8 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> pd.DataFrame:
     table = paper_table(measured, ceilings, published, method_order=list(settings["distill"]["methods"]),
                         protocol_order=run_protocols(settings), kd_protocols=kd)
     teacher = list(getattr(inputs, "teacher", None) or [])
-    about = context(settings, teacher[0] if teacher else None, list(getattr(inputs, "manifests", None) or []))
+    about = context(settings, teacher[0] if teacher else None, list(getattr(inputs, "manifests", None) or []),
+                    teacher[1:])
     benchmarks = sorted((results_dir / "benchmarks").rglob("*.tsv"))
     efficiency = efficiency_table(benchmarks, settings["distill"]["methods"])
     with atomic_path(outputs.csv) as tmp:

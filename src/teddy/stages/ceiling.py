@@ -11,12 +11,12 @@ from teddy.data import dataset_info, load_split
 from teddy.efficiency import peak_gpu_memory_mb
 from teddy.errors import TeddyError
 from teddy.io import save_json
-from teddy.pool import load_model
 from teddy.protocols import load_protocol, protocols_dir, student_spec, whole_set_recipe
-from teddy.stages.common import Machine, build, dataset_cfg, dataset_settings, first, student_recipe_settings, \
+from teddy.stages.common import Machine, build, dataset_cfg, dataset_settings, student_recipe_settings, \
     training_request, train_images
-from teddy.stages.evaluate import labels_of
+from teddy.stages.evaluate import labels_of, teachers_setting
 from teddy.resume import remove_checkpoint
+from teddy.teachers import load_teacher
 from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for, trained_epochs
 
 
@@ -27,7 +27,8 @@ def settings(cfg: dict, wildcards: dict) -> dict:
     # a ceiling's teacher, when its protocol has one, is always online (no store of the whole set)
     return {"dataset": dataset_settings(cfg), "protocol": name,
             "recipe": student_recipe_settings(recipe, cfg["evaluate"]), "model": student_spec(cfg, protocol, arch),
-            "arch": arch, "labels": labels_of(protocol, "online"), "seed": int(wildcards["seed"])}
+            "arch": arch, "labels": labels_of(protocol, "online"), "seed": int(wildcards["seed"]),
+            **teachers_setting(protocol)}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
@@ -46,8 +47,8 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     data = dataset_cfg(settings, machine)
     device = resolve_device(machine.device)
     train_set = load_split(data, "train")
-    teacher_path = first(getattr(inputs, "teacher", None))
-    teacher = load_model(teacher_path, what="teacher (base model)")[0] if labels == "online_kd" else None
+    teacher_paths = [str(p) for p in getattr(inputs, "teacher", None) or []]
+    teacher = load_teacher(teacher_paths, settings.get("teachers")) if labels == "online_kd" else None
     info = dataset_info(data)
     model = build(settings["model"], info, seed=seed)
     t0 = time.perf_counter()

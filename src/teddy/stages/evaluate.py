@@ -15,12 +15,12 @@ from teddy.efficiency import peak_gpu_memory_mb
 from teddy.errors import TeddyError
 from teddy.io import load_json, save_json
 from teddy.label_store import LabelStore
-from teddy.pool import load_model
 from teddy.protocols import cell_recipe, evaluates, load_protocol, protocols_dir, student_spec
 from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, first, images_per_s, memory_mb,
                                  request, shape, student_processes, student_recipe_settings, test_images)
 from teddy.stages.relabel import student_memory_mb, student_recipe, student_set
 from teddy.resume import remove_checkpoint
+from teddy.teachers import load_teacher
 from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for, trained_epochs
 
 
@@ -29,6 +29,11 @@ def labels_of(protocol: dict, teacher_outputs: str) -> str:
     if protocol["labels"] == "hard":
         return "hard"
     return "stored" if teacher_outputs == "stored" else "online_kd"
+
+
+def teachers_setting(protocol: dict) -> dict:
+    """A protocol's teacher ensemble, recorded only where it has one (the base model needs no entry)."""
+    return {"teachers": protocol["teachers"]} if protocol.get("teachers") else {}
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -42,7 +47,8 @@ def settings(cfg: dict, wildcards: dict) -> dict:
             "recipe": student_recipe_settings(cell_recipe(protocol, ipc), ev), "keep_topk": ev["keep_topk"],
             "processes": ev["processes"], "gpus_per_job": int(cfg["gpus_per_job"]),
             "model": student_spec(cfg, protocol, arch), "method": str(wildcards["method"]), "ipc": ipc,
-            "arch": arch, "labels": labels_of(protocol, ev["teacher_outputs"]), "seed": int(wildcards["seed"])}
+            "arch": arch, "labels": labels_of(protocol, ev["teacher_outputs"]), "seed": int(wildcards["seed"]),
+            **teachers_setting(protocol)}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
@@ -59,11 +65,11 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     """inputs.distilled (the set's meta.json), inputs.teacher (online KD), inputs.soft_labels
     (stored KD); outputs[0] the result JSON, the checkpoint beside it."""
-    return student(settings, str(inputs.distilled), first(getattr(inputs, "teacher", None)),
+    return student(settings, str(inputs.distilled), [str(p) for p in getattr(inputs, "teacher", None) or []],
                    first(getattr(inputs, "soft_labels", None)), str(outputs[0]), machine)
 
 
-def student(settings: dict, distilled_meta: str, teacher_path, label_store_meta, out_json: str,
+def student(settings: dict, distilled_meta: str, teacher_paths: list, label_store_meta, out_json: str,
             machine: Machine) -> dict:
     """run() on plain paths: what each torchrun process calls."""
     method_name, ipc, arch, seed, labels, protocol = (settings[k] for k in ("method", "ipc", "arch", "seed", "labels",
@@ -72,7 +78,7 @@ def student(settings: dict, distilled_meta: str, teacher_path, label_store_meta,
     device = resolve_device(machine.device)
     processes = student_processes(settings, device)
     if processes > 1 and not in_launched_process():
-        launch(processes, "teddy.stages.evaluate:student", settings, distilled_meta, teacher_path, label_store_meta,
+        launch(processes, "teddy.stages.evaluate:student", settings, distilled_meta, teacher_paths, label_store_meta,
                out_json, machine)
         return load_json(out_json)
     device = init_from_env(device)
@@ -81,7 +87,7 @@ def student(settings: dict, distilled_meta: str, teacher_path, label_store_meta,
     teacher = store = None
     recipe = student_recipe(settings, len(train_set), machine, info.num_classes)
     if labels == "online_kd":
-        teacher, _ = load_model(teacher_path, what="teacher (base model)")
+        teacher = load_teacher(teacher_paths, settings.get("teachers"))
     elif labels == "stored":
         if not label_store_meta:
             raise TeddyError("evaluate.teacher_outputs is 'stored' but no soft-label store was given (rule relabel)")

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 from teddy.data import dataset_info
 from teddy.label_store import STORE_FORMAT_VERSION, write_label_store
-from teddy.pool import load_model
 from teddy.protocols import cell_recipe, class_batch_size, load_protocol, protocols_dir
 from teddy.stages.common import (Machine, dataset_cfg, dataset_settings, images_per_s, memory_mb, request, shape,
                                  student_processes, student_recipe_settings)
 from teddy.student_data import load_student_set
+from teddy.teachers import load_teacher
 from teddy.train import resolve_device, trained_epochs
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
     """What a student run's batches are (shared with evaluate: relabel and evaluate must agree on
     the protocol's recipe at this IPC and on the processes, whose chunks draw the CutMix
-    partners), and the teacher."""
+    partners), and the teacher: the base model's architecture, or the protocol's `teachers`."""
     ev = cfg["evaluate"]
     name, ipc = str(wildcards["protocol"]), int(wildcards["ipc"])
     protocol = load_protocol(name, protocols_dir(cfg))
     return {"dataset": dataset_settings(cfg), "protocol": name,
             "recipe": student_recipe_settings(cell_recipe(protocol, ipc), ev),
             "keep_topk": ev["keep_topk"], "processes": ev["processes"], "gpus_per_job": int(cfg["gpus_per_job"]),
-            "teacher": cfg["base"]["arch"], "method": str(wildcards["method"]), "ipc": ipc,
+            "teacher": protocol["teachers"] or cfg["base"]["arch"], "method": str(wildcards["method"]), "ipc": ipc,
             "seed": int(wildcards["seed"]),
             # a store of an older format is rebuilt, not refused by evaluate
             "label_store_format": STORE_FORMAT_VERSION}
@@ -60,22 +60,25 @@ def student_memory_mb(settings: dict, machine: Machine) -> float:
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
-    """runtime = 1.5 x epochs x IPC x classes / (3 x images/s of the teacher) + 10 min."""
+    """runtime = 1.5 x epochs x IPC x classes x sum over teachers of 1 / (3 x images/s) + 10 min."""
     classes, _, size = shape(settings, machine)
     epochs = trained_epochs(settings["recipe"])
-    seconds = epochs * int(settings["ipc"]) * classes / (3 * images_per_s(settings["teacher"], size,
-                                                                          machine.gpus_per_job))
+    teacher = settings["teacher"]
+    archs = teacher["archs"] if isinstance(teacher, dict) else [teacher]
+    seconds = sum(epochs * int(settings["ipc"]) * classes / (3 * images_per_s(arch, size, machine.gpus_per_job))
+                  for arch in archs)
     out = request(0, seconds, attempt, machine.gpus_per_job, machine.student_workers)
     out["mem_mb"] = memory_mb(student_memory_mb(settings, machine), attempt)
     return out
 
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
-    """inputs.distilled (the set's meta.json), inputs.teacher; outputs[0] the store's meta.json."""
+    """inputs.distilled (the set's meta.json), inputs.teacher (its model file(s)); outputs[0] the
+    store's meta.json."""
     device = resolve_device(machine.device)
     train_set, meta = student_set(machine, inputs.distilled, device)
     info = dataset_info(dataset_cfg(settings, machine))
-    teacher, _ = load_model(inputs.teacher, what="teacher (base model)")
+    teacher = load_teacher(inputs.teacher, settings["teacher"] if isinstance(settings["teacher"], dict) else None)
     recipe = student_recipe(settings, len(train_set), machine, info.num_classes)
     chunks = student_processes(settings, device) * int(settings["recipe"]["accumulate"])
     return write_label_store(outputs[0], train_set, teacher, recipe, settings["seed"], device,

@@ -18,8 +18,13 @@ from teddy.train import evaluate_accuracy, fit, resolve_device, trained_epochs
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
+    """The base model of wildcard `arch` (base.arch; another architecture is a kd protocol's
+    ensemble teacher, made with the same base section but keeping no snapshots: no pool reads it)."""
     base = cfg["base"]
-    return {"dataset": dataset_settings(cfg), "base": base, "model": model_spec(cfg, base["arch"])}
+    arch = str(wildcards.get("arch") or base["arch"])
+    if arch != base["arch"]:
+        base = {**base, "arch": arch, "snapshot_epochs": []}
+    return {"dataset": dataset_settings(cfg), "base": base, "model": model_spec(cfg, arch)}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
@@ -31,7 +36,7 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
 def train_snapshots(settings: dict, machine: Machine, recipe: dict, wanted_epochs, snapshot_dir, checkpoint,
                     desc: str):
     """Train settings' model from scratch on the real training set with `recipe`, keeping a
-    snapshot of each wanted epoch (all when None); returns (model, history, snapshots, seconds).
+    snapshot of each wanted epoch (all when None, none when empty); returns (model, history, snapshots, seconds).
     Shared by train_prior."""
     data = dataset_cfg(settings, machine)
     device = resolve_device(machine.device)
@@ -40,7 +45,7 @@ def train_snapshots(settings: dict, machine: Machine, recipe: dict, wanted_epoch
     info = dataset_info(data)
     model = build(settings["model"], info, seed=seed)
     recipe = {"eval_every": 1, **recipe}
-    wanted = set(wanted_epochs or range(1, trained_epochs(recipe) + 1))
+    wanted = set(range(1, trained_epochs(recipe) + 1) if wanted_epochs is None else wanted_epochs)
     snapshot_dir = Path(snapshot_dir)
 
     def keep_snapshot(epoch, model, metrics):
