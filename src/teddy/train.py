@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from teddy.data import batches
@@ -83,9 +84,10 @@ def trained_epochs(recipe: dict) -> int:
 def lr_factor(recipe: dict, steps_per_epoch: int):
     """The lr multiplier as a function of the optimiser step, from the recipe's `schedule`:
     cosine (to 0, default), half_cosine (the first half of a cosine: ends at 0.5 x lr, RDED),
-    linear (to `final_lr_factor` x lr, default 0; EDC's released script ends at 0.5), step (x `gamma` after each epoch in `milestones`, DC), constant; after `warmup_epochs` of
-    linear warm-up (from `warmup_start_factor` x lr when given). `schedule_unit: epoch` moves
-    the factor once per epoch, as SRe2L's and RDED's schedulers do; `step` (default) every step."""
+    linear (to `final_lr_factor` x lr, default 0; EDC's released script ends at 0.5), step (x
+    `gamma` after each epoch in `milestones`, DC), constant; after `warmup_epochs` of linear
+    warm-up (from `warmup_start_factor` x lr when given). `schedule_unit: epoch` moves the factor
+    once per epoch, as SRe2L's and RDED's schedulers do; `step` (default) every step."""
     kind = recipe.get("schedule", "cosine")
     if kind not in SCHEDULES:
         raise TeddyError(f"unknown schedule '{kind}' (recipe key schedule; known: {', '.join(SCHEDULES)})")
@@ -147,6 +149,8 @@ def compiled(model: nn.Module, recipe: dict, device: torch.device):
 
 # --- what a micro-batch's loss is measured against ---------------------------------------------
 
+KD_LOSSES = ("kl", "mse_ce")  # recipe key kd_loss
+
 class Targets:
     """The label source of a run: hard labels, a teacher (online KD) or a label store (stored KD).
     `configure` reads the loss mix from the recipe (`hard_label_weight`: 1 without KD, 0 with;
@@ -187,9 +191,6 @@ class Targets:
         if teacher_logits is not None:
             loss = loss + kd_loss(logits.float(), teacher_logits.float(), self.temperature, self.t_squared)
         return loss
-
-
-KD_LOSSES = ("kl", "mse_ce")
 
 
 class HardLabels(Targets):
@@ -301,8 +302,6 @@ def ema_of(model: nn.Module, recipe: dict):
     ema = decay x ema + (1 - decay) x weights; buffers (BatchNorm statistics) are not averaged."""
     if recipe.get("ema_decay") is None:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(recipe["ema_decay"])), use_buffers=False)
     ema.update_parameters(model)  # the first update copies: the average starts at the initial weights
     return ema
