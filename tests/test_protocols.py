@@ -29,7 +29,7 @@ def demo() -> dict:
 
 
 def test_the_shipped_protocols_are_there_and_valid():
-    assert {"dc", "dc_mnist", "dsa", "sre2l_imagenet1k", "sre2l_tiny_imagenet", "rded", "gvbsm_imagenet1k",
+    assert {"dc", "dc_mnist", "dsa", "sre2l_imagenet1k", "sre2l_tiny_imagenet", "rded", "rded_factor1", "gvbsm_imagenet1k",
             "edc_imagenet1k", "teddy_small_kd", "teddy_small_hard"} <= set(SHIPPED)
     for name in SHIPPED:
         protocol = load_protocol(name)
@@ -162,6 +162,10 @@ def test_a_whole_set_schedule_scales_the_milestones():
     rded = load_protocol("rded")  # RDED's patch shuffling is for its synthetic mosaics, not for real images
     assert rded["recipe"]["augment"]["shuffle_patches"] == 2
     assert "shuffle_patches" not in whole_set_recipe(rded)["augment"] and whole_set_recipe(rded)["augment"]["cutmix"]
+    factor1 = load_protocol("rded_factor1")["recipe"]  # RDED's CIFAR and Tiny-ImageNet scripts: factor 1
+    assert "shuffle_patches" not in factor1["augment"] and factor1["augment"]["crop_scale"] == [1.0, 1.0]
+    assert {k: v for k, v in factor1.items() if k != "augment"} == {k: v for k, v in rded["recipe"].items()
+                                                                    if k != "augment"}
 
 
 def test_instance_norm_is_per_sample():
