@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from teddy.errors import TeddyError
-from teddy.models import MODELS, check_image_size
+from teddy.models import MODELS, arch_spec, check_image_size
 
 PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "config" / "protocols"
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -155,6 +155,15 @@ def teacher_archs(protocol: dict, base_arch: str) -> list[str]:
     return list(protocol["teachers"]["archs"]) if protocol.get("teachers") else [base_arch]
 
 
+def _check_takes_images(spec: dict, image_size: int, where: str) -> None:
+    """check_image_size for a model spec (arch + options), its error prefixed with `where`."""
+    options = {k: v for k, v in spec.items() if k != "arch"}
+    try:
+        check_image_size(spec["arch"], image_size, **options)
+    except TeddyError as exc:
+        raise TeddyError(f"{where}: {exc}") from None
+
+
 def check_protocols(cfg: dict, image_size: int) -> None:
     """At config load: every protocol exists and is valid, every student has a protocol that
     evaluates it and every protocol a student, each variant takes the dataset's images, and an
@@ -169,11 +178,7 @@ def check_protocols(cfg: dict, image_size: int) -> None:
             if arch not in MODELS:
                 raise TeddyError(f"protocol '{name}': teacher architecture '{arch}' (key teachers.archs) is not "
                                  f"registered; registered: {sorted(MODELS)}")
-            options = (cfg.get("arch_options") or {}).get(arch, {})
-            try:
-                check_image_size(arch, image_size, **options)
-            except TeddyError as exc:
-                raise TeddyError(f"protocol '{name}' teacher: {exc}") from None
+            _check_takes_images(arch_spec(cfg, arch), image_size, f"protocol '{name}' teacher")
             if base.get("weights") not in (None, "torchvision"):
                 raise TeddyError(f"protocol '{name}' has teacher '{arch}', but base.weights is a file for "
                                  f"'{base['arch']}' only: use base.weights torchvision, or train (no base.weights)")
@@ -187,12 +192,7 @@ def check_protocols(cfg: dict, image_size: int) -> None:
                                  f"is {students}: add one of them, or drop the protocol")
         for arch in students:
             if evaluates(protocol, arch):
-                spec = student_spec(cfg, protocol, arch)
-                options = {k: v for k, v in spec.items() if k != "arch"}
-                try:
-                    check_image_size(arch, image_size, **options)
-                except TeddyError as exc:
-                    raise TeddyError(f"protocol '{name}': {exc}") from None
+                _check_takes_images(student_spec(cfg, protocol, arch), image_size, f"protocol '{name}'")
     for arch in students:
         if not any(evaluates(p, arch) for p in protocols.values()):
             raise TeddyError(f"evaluate.students has '{arch}', which none of evaluate.protocols "

@@ -135,10 +135,9 @@ def soft_labels_if_stored(wildcards):
 def teacher_metrics():
     """The base model's metrics (its test accuracy heads the tables) when the DAG trains one: a
     kd protocol's teacher, or a method reading a pool."""
-    archs = {arch for p in PROTOCOLS.values() for arch in teacher_archs(p, BASE_ARCH)} - {BASE_ARCH}
-    kd = any(p["labels"] == "kd" for p in PROTOCOLS.values())
-    base = [f"{R}/base/{BASE_ARCH}/metrics.json"] if kd or used_pools() else []
-    return base + [f"{R}/base/{arch}/metrics.json" for arch in sorted(archs)]
+    teachers = {arch for p in PROTOCOLS.values() for arch in teacher_archs(p, BASE_ARCH)}  # empty: no kd protocol
+    base = [f"{R}/base/{BASE_ARCH}/metrics.json"] if teachers or used_pools() else []
+    return base + [f"{R}/base/{arch}/metrics.json" for arch in sorted(teachers - {BASE_ARCH})]
 
 
 def used_pools():
