@@ -8,7 +8,7 @@ ours pools the config's `random` method entries (one subset each, `distill.metho
 with one network per subset, so both stds mix subsets and networks. Herding's set is
 deterministic: its entries' networks (`eval_seeds`) are its experiments. A random cell passes when
 abs(ours - theirs) <= 2 sqrt(std_ours^2 + std_theirs^2). Herding and the whole set are reported
-beside their published values (herding: none in METHOD.md). Extra networks on one subset (the
+beside their published values (herding: none in docs/method.md). Extra networks on one subset (the
 `random` entry's other seeds, when present) are listed as the network-only spread.
 
     .venv/bin/python benchmarks/calibration_table.py [--configfile config/calibration.yaml] [--out F]

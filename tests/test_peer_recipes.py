@@ -1,4 +1,4 @@
-"""The pieces of G-VBSM's and EDC's student protocols (../shared/docs/METHOD.md section 7 g, h):
+"""The pieces of G-VBSM's and EDC's student protocols (docs/method.md section 7 g, h):
 a teacher ensemble (plain or norm-rescaled mean of logits), the MSE + CE loss, EMA evaluation and
 EDC's linear schedule, each against its formula; stored and online teacher outputs stay equal."""
 

@@ -1,4 +1,4 @@
-"""Matching terms of the Taylor-approximated objective (../shared/docs/METHOD.md section 2), and the KD loss of
+"""Matching terms of the Taylor-approximated objective (docs/method.md section 2), and the KD loss of
 the student loop."""
 
 from __future__ import annotations

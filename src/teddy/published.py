@@ -26,7 +26,7 @@ LABELS = ("soft", "hard")
 NORMS = ("batch", "instance", "layer", "group", "none")
 
 UNSTATED = "unstated"
-# peers' evaluation protocols we name (../shared/docs/METHOD.md section 7) but ship no file for
+# peers' evaluation protocols we name (docs/method.md section 7) but ship no file for
 PEER_PROTOCOLS = ("gvbsm", "mtt", "cim")
 
 

@@ -1,6 +1,6 @@
 """A kd protocol's teacher: the base model, or an ensemble of base models of several
 architectures (protocol key `teachers`), as G-VBSM and EDC relabel their ImageNet-1K sets
-(../shared/docs/METHOD.md section 7 g, h). The ensemble is one module, so online KD, the label
+(docs/method.md section 7 g, h). The ensemble is one module, so online KD, the label
 store and the ceiling take it as they take a single teacher."""
 
 from __future__ import annotations

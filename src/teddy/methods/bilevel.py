@@ -1,4 +1,4 @@
-"""`bilevel`: the exact unrolled objective Teddy approximates (../shared/docs/METHOD.md section 1).
+"""`bilevel`: the exact unrolled objective Teddy approximates (docs/method.md section 1).
 
 Every outer iteration builds a fresh model (`inner_arch` with `inner_arch_options`, random
 init), trains it `unroll_steps` (K) plain SGD steps at `inner_lr` on the augmented synthetic

@@ -1,7 +1,7 @@
 """`sre2l` (Yin et al., NeurIPS 2023): statistics matching against the one strong base model
 (the recipe's pool must be a `single` pool), from noise. The loss is teddy's statistics loss,
 so sre2l and teddy differ only in what they match (one strong model vs a weak pool) and in
-SRe2L's published ImageNet-1K recipe, used here as defaults (../shared/docs/METHOD.md sections 2 and 4):
+SRe2L's published ImageNet-1K recipe, used here as defaults (docs/method.md sections 2 and 4):
 Adam betas 0.5/0.9, lr 0.25, cosine schedule, BN weight 10 on the first layer and 1 on the
 rest, alpha 0.01, 4000 iterations, batch 100, random resized crop (scale 0.08-1) and flip.
 Every default can be overridden in the recipe.

@@ -1,9 +1,9 @@
 """`teddy`: Taylor-approximated matching against models sampled from a weak pool.
 
-matching: statistics (../shared/docs/METHOD.md section 2): CE + alpha * weighted BN-statistics distance at a
+matching: statistics (docs/method.md section 2): CE + alpha * weighted BN-statistics distance at a
 pool model sampled each iteration. Nothing is unrolled, so memory is one forward/backward.
 
-matching: gradient (../shared/docs/METHOD.md section 2): for the pool model drawn this iteration and every
+matching: gradient (docs/method.md section 2): for the pool model drawn this iteration and every
 class c present in the batch, D(grad_theta CE(f(A(S_c)), c), grad_theta CE(f(T_c), c)), D the
 per-output-row cosine distance of `gradient_distance`, summed over classes. The real-data
 gradients are computed once per (pool member, class) from `real_batch_per_class` real images
