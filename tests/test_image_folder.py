@@ -175,3 +175,16 @@ def test_16_bit_greyscale_is_rescaled_not_clipped(tmp_path):
     train = load_split(cfg, "train")
     x = next(train[i][0] for i in range(len(train)) if "wide" in train.base.samples[int(train.indices[i])][0])
     assert x[0, 0, 0].item() == pytest.approx(1.0) and x[0, 1, 1].item() == pytest.approx(128 / 255)
+
+
+def test_the_test_split_is_test_and_val_only_when_there_is_no_test(tmp_path):
+    """One name per split: test/ is the split the tables report; a tree that calls it val/
+    (ImageNet-1K, Tiny-ImageNet) is read the same way, and test/ wins when both are there."""
+    root = write_class_folders(tmp_path / "d", ["a", "b"], per_class=3, size=20, test_split="val",
+                               per_class_test=1)
+    stats = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    assert len(load_split(folder_cfg(root, **stats), "test")) == 2  # val/ read as the test split
+    write_class_folders(root, ["a", "b"], per_class=3, size=20, test_split="test", per_class_test=2)
+    assert len(load_split(folder_cfg(root, **stats), "test")) == 4  # test/ preferred over val/
+    # the validation split is held out of train/, whatever val/ holds
+    assert len(load_split(folder_cfg(root, val_fraction=1 / 3, **stats), "val")) == 2

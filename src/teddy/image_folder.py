@@ -4,7 +4,9 @@ distillation literature (`imagenette`, `imagewoof`, ...) are presets of it, whos
 (image size, resize, mean/std, class list) the registry holds (teddy.datasets). Tiny-ImageNet's
 and ImageNet-1K's are fixed (the config cannot change them); the subsets' are defaults.
 
-Layout: `<root>/train/<class>/...` and `<root>/val/<class>/...` (or `<root>/test/<class>/...`);
+Layout: `<root>/train/<class>/...` and the test split the tables report, `<root>/test/<class>/...`
+(or `<root>/val/<class>/...`, as ImageNet-1K and Tiny-ImageNet name it, read when there is no
+test/); the validation split is held out of train/ (`dataset.val_fraction`), never a folder of its own;
 images may sit in subfolders of a class folder (Tiny-ImageNet's `train/<wnid>/images/`), as
 torchvision's ImageFolder reads them.
 `dataset.classes` keeps only the listed class folders (e.g. WordNet ids), in that order; the
@@ -61,7 +63,8 @@ def setting(dataset_cfg: dict, key: str):
 
 def split_dir(dataset_cfg: dict, train: bool) -> Path:
     root = Path(dataset_cfg["root"])
-    candidates = [root / "train"] if train else [root / "val", root / "test"]
+    # the test split: test/ first, then val/ (ImageNet's and Tiny-ImageNet's name for it)
+    candidates = [root / "train"] if train else [root / "test", root / "val"]
     for d in candidates:
         if d.is_dir():
             return d
