@@ -55,16 +55,25 @@ def main() -> None:
         print(f"\n{path} (dataset {cfg['dataset']['name']}, gpus_per_job {cfg['gpus_per_job']})")
         print("| job | wildcards | jobs | mem_mb | runtime (min) | cpus_per_task | GPUs | GPU-hours (all jobs) |")
         print("|---|---|---|---|---|---|---|---|")
-        total = 0.0
+        total, by_rule, gpu_jobs, largest = 0.0, {}, 0, None
         for rule, wildcards, count in jobs(cfg):
             mod = stage(rule)
             res = mod.resources(mod.settings(cfg, wildcards), 1, machine)
             hours = count * res["runtime"] * res["gpu"] / 60
             total += hours
+            by_rule[rule] = by_rule.get(rule, 0.0) + hours
+            gpu_jobs += count if res["gpu"] else 0
+            if largest is None or res["runtime"] > largest[1]["runtime"]:
+                largest = (rule, res, wildcards)
             named = " ".join(f"{k}={v}" for k, v in wildcards.items())
             print(f"| {rule} | {named} | {count} | {res['mem_mb']} | {res['runtime']} | "
                   f"{threads(cfg, rule) + res['workers']} | {res['gpu']} | {hours:.1f} |")
         print(f"total: {total:.0f} GPU-hours (requested upper bounds)")
+        print("by rule: " + ", ".join(f"{rule} {h:.0f}" for rule, h in sorted(by_rule.items(), key=lambda kv: -kv[1])
+                                      if h >= 0.5) + f"; {gpu_jobs} jobs ask for a GPU")
+        rule, res, wildcards = largest
+        print(f"longest job: {rule} ({' '.join(f'{k}={v}' for k, v in wildcards.items() if k != 'seed')}), "
+              f"{res['runtime']} min, {res['mem_mb'] / 1000:.0f} GB")
 
 
 if __name__ == "__main__":
