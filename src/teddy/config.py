@@ -6,6 +6,7 @@ it; every stage then reads the filled-in values, never a default of its own."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -157,6 +158,61 @@ def _copy(value):
     return copy.deepcopy(value)
 
 
+_SCALARS = {"null": (type(None),), "boolean": (bool,), "integer": (int,), "number": (int, float)}
+
+
+def _parse_scalar(text: str, types) -> object:
+    """`text` as the first of `types` (JSON Schema names) it spells, else unchanged."""
+    word = text.strip()
+    for kind in ("null", "boolean", "integer", "number"):
+        if kind not in types:
+            continue
+        if kind == "null" and word in ("null", "Null", "NULL", "~"):
+            return None
+        if kind == "boolean" and word.lower() in ("true", "false"):
+            return word.lower() == "true"
+        if kind == "integer" and re.fullmatch(r"[-+]?\d+", word):
+            return int(word)
+        if kind == "number":
+            try:
+                return float(word)
+            except ValueError:
+                pass
+    return text
+
+
+def coerce_strings(value, schema: dict, root: dict | None = None):
+    """Snakemake's --config reads the values inside a dict as strings (`--config
+    'dataset={root: d, download: true}'` gives download 'true'): each string where the schema asks
+    for a boolean, integer, number or null (and not a string) becomes one if it spells one.
+    Returns the value; dicts and lists are changed in place."""
+    root = root or schema
+    while isinstance(schema, dict) and "$ref" in schema:  # local references only: #/definitions/<name>
+        target = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target.get(part, {})
+        schema = target
+    if not isinstance(schema, dict):
+        return value
+    if isinstance(value, str):
+        types = schema.get("type")
+        types = [types] if isinstance(types, str) else list(types or [])
+        if not types and "enum" in schema:
+            types = [k for k, t in _SCALARS.items() if any(type(v) in t for v in schema["enum"])]
+        if "string" in types or not any(t in _SCALARS for t in types):
+            return value
+        return _parse_scalar(value, types)
+    if isinstance(value, dict):
+        properties, extra = schema.get("properties") or {}, schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = properties.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                value[key] = coerce_strings(item, sub, root)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value[:] = [coerce_strings(item, schema["items"], root) for item in value]
+    return value
+
+
 def validate_schema(cfg: dict, schema_path=None) -> dict:
     """Validate in place against the schema, filling in its defaults; one-line TeddyError."""
     schema = yaml.safe_load(Path(schema_path or SCHEMA).read_text())
@@ -191,7 +247,9 @@ def fill_defaults(cfg: dict, schema_path=None) -> dict:
 def load_config(cfg: dict, schema_path=None) -> dict:
     """The one config loader (Snakefile and tests): non-finite numbers refused, schema validated
     with its defaults filled in, derived defaults, then check_config. Works in place (Snakemake's
-    `config` stays the same dict) and returns cfg; raises TeddyError naming the key."""
+    `config` stays the same dict) and returns cfg; raises TeddyError naming the key. Strings
+    from --config are first read as the scalars the schema asks for (coerce_strings)."""
+    coerce_strings(cfg, yaml.safe_load(Path(schema_path or SCHEMA).read_text()))
     check_finite(cfg)
     validate_schema(cfg, schema_path)
     fill_derived_defaults(cfg)

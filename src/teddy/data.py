@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import pickle
+import re
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,13 +192,125 @@ def reorganise_tiny_imagenet_val(root) -> int:
     return moved
 
 
-def download(torchvision_class: str, root: Path) -> None:
-    """Both splits through torchvision (`datasets.<torchvision_class>`) into `root`."""
+def download(torchvision_class: str, root, mirror: str | None = None) -> None:
+    """Both splits through torchvision (`datasets.<torchvision_class>`) into `root`, once.
+
+    `mirror` (config key dataset.download_mirror) is a base URL serving torchvision's file names
+    (None: torchvision's own servers). Safe when several jobs start at once: one downloads while
+    the others wait on a lock file in `root`; the files are fetched into a temporary folder there
+    and moved into place one by one (each appears complete or not at all), then a marker file says
+    the download is done. With the marker, or with the files already there, nothing is fetched
+    (an offline rerun works). A failed download raises a one-line TeddyError naming the URL and
+    leaves nothing under the final names."""
+    root = Path(root)
+    done = root / f".{torchvision_class}.downloaded"
+    if done.is_file():
+        return
+    base = _torchvision_dataset(torchvision_class)
+    if _present(base, root):
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock_file = open(root / f".{torchvision_class}.lock", "a")
+    except OSError as exc:
+        raise TeddyError(f"cannot download {torchvision_class} into {root} (config key dataset.root): "
+                         f"{exc.strerror or exc}") from None
+    with lock_file, _exclusive(lock_file, root):
+        if done.is_file():
+            return
+        if not _present(base, root):
+            _fetch(_with_mirror(base, mirror), root)
+        source = mirror or "torchvision's mirrors"
+        tmp = done.with_name(done.name + ".tmp")
+        tmp.write_text(f"{torchvision_class} downloaded from {source}\n")
+        os.replace(tmp, done)
+
+
+def _torchvision_dataset(name: str):
     from torchvision import datasets
 
-    getter = getattr(datasets, torchvision_class)
-    for train in (True, False):
-        getter(str(root), train=train, download=True)
+    return getattr(datasets, name)
+
+
+def _present(cls, root: Path) -> bool:
+    """Both splits readable by torchvision from `root` without downloading."""
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=False)
+    except Exception:  # missing (RuntimeError) or unreadable files: (re)download
+        return False
+    return True
+
+
+def _with_mirror(base, mirror: str | None):
+    """`base`, or a subclass fetching from `mirror` (torchvision's class stays as it is)."""
+    if not mirror:
+        return base
+    url = mirror.rstrip("/") + "/"
+    if hasattr(base, "mirrors"):  # MNIST, Fashion-MNIST: mirror + file name, per file
+        attrs = {"mirrors": [url]}
+    elif hasattr(base, "url") and hasattr(base, "filename"):  # CIFAR: one archive
+        attrs = {"url": url + base.filename}
+    else:
+        raise TeddyError(f"dataset.download_mirror is not supported for torchvision's {base.__name__}")
+    # the same class name: the MNIST family files its data under root/<class name>/raw
+    return type(base.__name__, (base,), attrs)
+
+
+@contextmanager
+def _exclusive(lock_file, root: Path):
+    """Hold an exclusive lock on the open `lock_file` (flock; elsewhere, filelock, which torch needs)."""
+    try:
+        import fcntl
+    except ImportError:
+        from filelock import FileLock
+
+        with FileLock(lock_file.name + ".filelock"):
+            yield
+        return
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"waiting for another job downloading into {root}", file=sys.stderr, flush=True)
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _fetch(cls, root: Path) -> None:
+    """Download both splits into a temporary folder in `root`, then move its files into place."""
+    name = cls.__name__
+    for stale in root.glob(f".{name}.part-*"):  # left by a killed job (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    part = Path(tempfile.mkdtemp(prefix=f".{name}.part-", dir=root))
+    try:
+        try:
+            for train in (True, False):
+                cls(str(part), train=train, download=True)
+        except (RuntimeError, OSError) as exc:
+            raise TeddyError(f"cannot download {name} into {root} (dataset.download): {_download_error(cls, exc)}; "
+                             f"set dataset.download_mirror to a reachable mirror or place the files under "
+                             f"dataset.root") from None
+        for src in sorted(p for p in part.rglob("*") if p.is_file()):
+            dest = root / src.relative_to(part)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+
+
+def _download_error(cls, exc: Exception) -> str:
+    """torchvision's error as one line, with the URL(s) it tried."""
+    text = str(exc)
+    failed = re.match(r"Error downloading (\S+):", text)
+    tried = re.findall(r"Tried (\S+), got:\n(.*)", text)
+    if failed and tried:  # the MNIST family: "Error downloading <file>:\nTried <mirror>, got:\n<error>"
+        return "; ".join(f"{mirror}{failed.group(1)}: {error.strip()}" for mirror, error in tried)
+    detail = " ".join(text.split())
+    url = getattr(cls, "url", None)
+    return f"{url}: {detail}" if url else detail
 
 
 def held_out(n: int, val_fraction: float) -> int:

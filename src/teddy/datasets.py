@@ -147,7 +147,7 @@ def load_split(dataset_cfg: dict, split: str):
     if dataset_cfg.get("download", False):
         if spec.download is None:
             raise TeddyError(f"dataset.download is not supported for '{spec.name}'; place it under dataset.root")
-        data.download(spec.download, Path(dataset_cfg["root"]))
+        data.download(spec.download, Path(dataset_cfg["root"]), dataset_cfg.get("download_mirror"))
         if spec.download_subdir:
             dataset_cfg = {**dataset_cfg, "root": str(Path(dataset_cfg["root"]) / spec.download_subdir)}
     if split == "test":

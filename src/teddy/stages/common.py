@@ -28,7 +28,7 @@ from teddy.errors import TeddyError
 from teddy.models import arch_spec, model_from_spec
 
 # dataset keys that say where the data is or how fast it is read, not what it is: the Machine's
-_DATASET_LOCATION_KEYS = ("root", "download", "num_workers", "normalisation_file")
+_DATASET_LOCATION_KEYS = ("root", "download", "download_mirror", "num_workers", "normalisation_file")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Machine:
     """Where the data and results are and how fast a job may go; never recorded as a setting."""
     dataset_root: str = "."
     download: bool = False
+    download_mirror: str | None = None  # where dataset.download fetches from (None: torchvision's servers)
     num_workers: int = 0              # DataLoader workers reading the real data (dataset.num_workers)
     student_workers: int = 0          # ... reading a distilled set too large for memory (evaluate.num_workers)
     in_memory_max_mb: float = 1024.0  # distilled sets up to this size are held in memory (evaluate.in_memory_max_mb)
@@ -54,6 +55,7 @@ def machine_from_config(cfg: dict) -> Machine:
     """The Machine of a loaded config (teddy.config.load_config filled in the defaults)."""
     dataset, ev = cfg["dataset"], cfg["evaluate"]
     return Machine(dataset_root=str(dataset["root"]), download=bool(dataset["download"]),
+                   download_mirror=dataset.get("download_mirror"),
                    num_workers=int(dataset["num_workers"]), student_workers=int(ev["num_workers"]),
                    in_memory_max_mb=float(ev["in_memory_max_mb"]),
                    device_memory_fraction=float(ev["device_memory_fraction"]),
@@ -94,6 +96,8 @@ def dataset_cfg(settings: dict, machine: Machine) -> dict:
     """The dataset section the readers in teddy.data take: the settings' dataset plus its place."""
     cfg = {**settings["dataset"], "root": machine.dataset_root, "download": machine.download,
            "num_workers": machine.num_workers}
+    if machine.download_mirror:
+        cfg["download_mirror"] = machine.download_mirror
     if machine.normalisation_file is not None:
         cfg["normalisation_file"] = machine.normalisation_file
     return cfg
