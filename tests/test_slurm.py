@@ -39,14 +39,16 @@ def profile(path: Path) -> dict:
 
 
 def test_shipped_profile_fits_a_real_cluster():
-    """No thread pins (the config's `threads:` decide) and no partition of ours: the cluster's
-    default applies until the user sets the one commented line."""
+    """No thread pins (the config's `threads:` decide), no resources of ours that would replace
+    a site's (a workflow profile's default-resources replaces the site profile's whole block),
+    and a typical site's status checks: sacct, the plugin's default, and an account expected."""
     shipped = profile(SLURM_PROFILE)
     assert "set-threads" not in shipped
-    sizes = [shipped.get("default-resources") or {}, *(shipped.get("set-resources") or {}).values()]
-    assert not any({"threads", "cpus_per_task", "slurm_partition"} & set(r) for r in sizes), sizes
-    assert re.search(r"^  # slurm_partition: <your-partition>$", (SLURM_PROFILE / "config.yaml").read_text(), re.M)
-    assert shipped["executor"] == "slurm" and shipped["slurm-status-command"] == "squeue"
+    assert "default-resources" not in shipped and "set-resources" not in shipped
+    assert shipped["executor"] == "slurm"
+    assert "slurm-status-command" not in shipped and "slurm-no-account" not in shipped
+    local = profile(REPO / "workflow" / "profiles" / "default")
+    assert "default-resources" not in local and "set-resources" not in local
 
 
 def test_test_profile_fits_the_test_node_and_names_only_workflow_rules():
@@ -54,8 +56,9 @@ def test_test_profile_fits_the_test_node_and_names_only_workflow_rules():
     assert rules == GPU_RULES | CPU_RULES  # update both lists here when a rule is added
     shipped, test = profile(SLURM_PROFILE), profile(SLURM_TEST_PROFILE)
     assert test["max-threads"] == 2  # the test node's CPUs, one cap for every rule
-    # default-resources replaces the shipped block as a whole: the same sizes, plus the partition
-    assert test["default-resources"] == {**shipped["default-resources"], "slurm_partition": "debug"}
+    assert test["default-resources"] == {"slurm_partition": "debug"}
+    # the accounting-free test cluster's status command and its missing accounts live here
+    assert test["slurm-status-command"] == "squeue" and test["slurm-no-account"] is True
     # sizes and GPUs come from the workflow config, never from a profile; a per-rule entry must
     # name a workflow rule (and Snakemake refuses an empty entry)
     for p in (shipped, test):
@@ -63,6 +66,29 @@ def test_test_profile_fits_the_test_node_and_names_only_workflow_rules():
         overrides = p.get("set-resources") or {}
         assert set(overrides) <= rules and all(overrides.values())
         assert not any("gpu" in r for r in overrides.values())
+
+
+@pytest.mark.parametrize("workflow_profile", [None, SLURM_PROFILE])
+def test_a_site_profile_reaches_every_job(tmp_path, workflow_profile):
+    """A site keeps its account and partition in its own profile (--profile); they must reach
+    every job, with the shipped SLURM workflow profile and with the local default one."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "config.yaml").write_text(yaml.safe_dump(
+        {"default-resources": {"slurm_account": "acct42", "slurm_partition": "cpu_part"},
+         "set-resources": {"evaluate": {"slurm_partition": "gpu_part"}}}))
+    work = write_workdir(tmp_path / "work", tiny_config(write_fashion_mnist(tmp_path / "data", n_train=40,
+                                                                            n_test=20)))
+    profiles = ["--workflow-profile", str(workflow_profile)] if workflow_profile else []
+    cmd = snakemake_cmd(work, "-n", "--profile", str(site), *profiles)
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", proc.stdout, flags=re.M)
+    assert len(jobs) > 10 and {rule for rule, _ in jobs} >= {"train_base", "distill", "evaluate"}
+    for rule, resources in jobs:
+        assert "slurm_account=acct42" in resources, (rule, resources)
+        partition = "gpu_part" if rule == "evaluate" else "cpu_part"
+        assert f"slurm_partition={partition}" in resources, (rule, resources)
 
 
 def scontrol(env: dict, *args: str) -> str:
