@@ -7,7 +7,7 @@ margin and 10 min per job).
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import yaml
@@ -49,7 +49,9 @@ def threads(cfg: dict, rule: str) -> int:
 
 
 def main() -> None:
-    for path in sys.argv[1:] or ["config/imagenet1k.yaml", "config/tiny_imagenet.yaml"]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("configs", nargs="*", default=["config/imagenet1k.yaml", "config/tiny_imagenet.yaml"])
+    for path in parser.parse_args().configs:
         cfg = load_config(yaml.safe_load(Path(path).read_text()))
         machine = machine_from_config(cfg)
         print(f"\n{path} (dataset {cfg['dataset']['name']}, gpus_per_job {cfg['gpus_per_job']})")
