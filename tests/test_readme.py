@@ -116,3 +116,9 @@ def test_nothing_in_the_repository_points_outside_it():
     tracked = subprocess.run(["git", "grep", "-l", "-F", "-e", "../shared", "--", ".", ":!tests/test_readme.py"],
                              cwd=REPO, capture_output=True, text=True).stdout.split()
     assert not tracked, f"files that point outside the repository: {tracked}"
+
+
+def test_the_docs_index_names_every_page():
+    index = (REPO / "docs" / "README.md").read_text()
+    pages = [p.name for p in (REPO / "docs").glob("*.md") if p.name != "README.md"]
+    assert pages and not [p for p in pages if f"]({p})" not in index]
