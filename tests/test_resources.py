@@ -127,3 +127,14 @@ def test_an_ensemble_protocol_trains_each_teacher_once_and_teaches_with_all(tmp_
     cost = lambda protocol: relabel.resources(relabel.settings(cfg, {**WILDCARDS, "protocol": protocol}), 1,
                                               machine)["runtime"]
     assert cost("gvbsm_imagenet1k") > cost("sre2l_imagenet1k")
+
+
+def test_given_weights_are_costed_as_an_evaluation_not_a_training_run():
+    """train_base with base.weights only evaluates the test split: minutes, not the recipe's epochs."""
+    cfg, machine = _imagenet1k()
+    mod = stage("train_base")
+    assert cfg["base"]["weights"] == "torchvision"
+    given = mod.resources(mod.settings(cfg, {"arch": "resnet18"}), 1, machine)
+    cfg["base"]["weights"] = None
+    trained = mod.resources(mod.settings(cfg, {"arch": "resnet18"}), 1, machine)
+    assert given["runtime"] < 60 < trained["runtime"] and given["gpu"] == trained["gpu"] == 1

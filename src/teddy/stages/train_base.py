@@ -12,7 +12,7 @@ from teddy.io import save_json
 from teddy.pool import save_model
 from teddy.pretrained import load_pretrained
 from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, model_spec, near_chance_warning,
-                                 training_request, train_images)
+                                 test_images, training_request, train_images)
 from teddy.resume import remove_checkpoint
 from teddy.train import evaluate_accuracy, fit, resolve_device, trained_epochs
 
@@ -28,9 +28,13 @@ def settings(cfg: dict, wildcards: dict) -> dict:
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
+    arch = settings["model"]["arch"]
+    if settings["base"]["weights"]:
+        # given weights are only evaluated on the test split: forward passes, costed at 3x a
+        # training step's speed (as relabel costs them)
+        return training_request(settings, machine, 1, -(-test_images(settings, machine) // 3), arch, attempt)
     recipe = settings["base"]["recipe"]
-    return training_request(settings, machine, trained_epochs(recipe), train_images(settings, machine),
-                            settings["model"]["arch"], attempt)
+    return training_request(settings, machine, trained_epochs(recipe), train_images(settings, machine), arch, attempt)
 
 
 def train_snapshots(settings: dict, machine: Machine, recipe: dict, wanted_epochs, snapshot_dir, checkpoint,
