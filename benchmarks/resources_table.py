@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from teddy.config import load_config
+from teddy.cpus import cpu_split
 from teddy.pool import member_names
 from teddy.protocols import cells, config_protocol
 from teddy.shards import shard_count
@@ -68,8 +69,9 @@ def main() -> None:
             if largest is None or res["runtime"] > largest[1]["runtime"]:
                 largest = (rule, res, wildcards)
             named = " ".join(f"{k}={v}" for k, v in wildcards.items())
+            cpus = sum(cpu_split(threads(cfg, rule), res["workers"], res["gpu"], cfg["cpus_per_gpu"]))
             print(f"| {rule} | {named} | {count} | {res['mem_mb']} | {res['runtime']} | "
-                  f"{threads(cfg, rule) + res['workers']} | {res['gpu']} | {hours:.1f} |")
+                  f"{cpus} | {res['gpu']} | {hours:.1f} |")
         print(f"total: {total:.0f} GPU-hours (requested upper bounds)")
         print("by rule: " + ", ".join(f"{rule} {h:.0f}" for rule, h in sorted(by_rule.items(), key=lambda kv: -kv[1])
                                       if h >= 0.5) + f"; {gpu_jobs} jobs ask for a GPU")

@@ -11,7 +11,7 @@ from teddy.config import load_config
 from teddy.stages import machine_from_config, stage
 
 
-def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml", edit=None):
+def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml", edit=None, args=()):
     """Each job of a dry run, by its first output: its rule, resources and `inputs`; `edit`
     changes the config (a dict) first."""
     work = tmp_path / "w"
@@ -20,17 +20,18 @@ def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml", edit=None):
         cfg = yaml.safe_load((work / "config" / config_file).read_text())
         edit(cfg)
         (work / "config" / config_file).write_text(yaml.safe_dump(cfg))
-    proc = snakemake(work, "-n", "--configfile", str(work / "config" / config_file))
+    proc = snakemake(work, "-n", "--configfile", str(work / "config" / config_file), *args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     jobs = {}
     for block in re.split(r"\n(?=rule \w+:)", proc.stdout + proc.stderr):
         rule = re.match(r"rule (\w+):", block)
         output = re.search(r"output: ([^\s,]+)", block)
         found = re.search(r"resources: (.*)", block)
+        threads = re.search(r"threads: (\d+)", block)
         inputs = re.search(r"input: (.*)", block)
         if rule and output and found:
             values = dict(kv.split("=", 1) for kv in found.group(1).split(", "))
-            jobs[output.group(1)] = {"rule": rule.group(1), **values,
+            jobs[output.group(1)] = {"rule": rule.group(1), **values, "threads": int(threads.group(1)) if threads else 1,
                                      "inputs": inputs.group(1).split(", ") if inputs else []}
     return jobs
 
@@ -43,7 +44,8 @@ def test_imagenet1k_resources_grow_with_ipc_and_architecture(tmp_path):
         assert int(ev(10, arch)["mem_mb"]) < int(ev(100, arch)["mem_mb"])
         assert ev(10, arch)["gpu"] == "1"
     assert int(ev(50, "resnet18")["runtime"]) < int(ev(50, "resnet50")["runtime"]) < int(ev(50, "resnet101")["runtime"])
-    assert int(ev(50, "resnet18")["cpus_per_task"]) == 16 + 16  # threads + dataset.num_workers
+    # 16 threads + 16 dataset.num_workers, capped at cpus_per_gpu (16) x 1 GPU
+    assert max(int(j["cpus_per_task"]) for j in jobs.values() if j.get("gpu") == "1") == 16
     # distillation is sharded (distill.batches_per_shard): a job is one shard whatever the IPC, so
     # its request is flat in IPC while the number of jobs grows with it
     shards = lambda ipc: [j for o, j in jobs.items() if j["rule"] == "distill" and f"/teddy/ipc{ipc}/" in o]
@@ -138,3 +140,20 @@ def test_given_weights_are_costed_as_an_evaluation_not_a_training_run():
     cfg["base"]["weights"] = None
     trained = mod.resources(mod.settings(cfg, {"arch": "resnet18"}), 1, machine)
     assert given["runtime"] < 60 < trained["runtime"] and given["gpu"] == trained["gpu"] == 1
+
+
+def test_gpu_jobs_ask_for_at_most_cpus_per_gpu_and_a_thread_override_moves_the_request(tmp_path):
+    """A site caps CPUs per GPU: threads and DataLoader workers are scaled down to the cap
+    together; a thread count overridden on the command line moves cpus_per_task with it."""
+    def edit(cfg):
+        cfg.update(gpus_per_job=1, cpus_per_gpu=8)
+        cfg["dataset"]["num_workers"] = 12
+    jobs = _dry_run_resources(tmp_path, "config.yaml", edit, args=("--cores", "64", "--set-threads", "evaluate=4"))
+    gpu_jobs = [j for j in jobs.values() if j.get("gpu") == "1"]
+    assert gpu_jobs and all(int(j["cpus_per_task"]) <= 8 for j in gpu_jobs)
+    base = next(j for j in gpu_jobs if j["rule"] == "train_base")  # 2 threads + 12 workers -> 1 + 7
+    assert (base["threads"], int(base["cpus_per_task"])) == (1, 8)
+    evaluate = [j for j in gpu_jobs if j["rule"] == "evaluate"]  # 4 threads (the override) + 4 workers
+    assert evaluate and all((j["threads"], int(j["cpus_per_task"])) == (4, 8) for j in evaluate)
+    cpu_jobs = [j for j in jobs.values() if j.get("gpu") == "0"]
+    assert cpu_jobs and all(int(j["cpus_per_task"]) == j["threads"] for j in cpu_jobs)

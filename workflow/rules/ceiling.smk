@@ -13,7 +13,7 @@ rule ceiling:
         f"{R}/logs/ceiling/{{arch}}/{{protocol}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/ceiling/{{arch}}/{{protocol}}/seed{{seed}}.tsv"
-    threads: threads_for("ceiling")
+    threads: job_threads("ceiling")
     resources:
         **stage_resources("ceiling"),
     conda:

@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from teddy.config import load_config
+from teddy.cpus import cpu_split, fit_workers
 from teddy.errors import TeddyError
 from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
@@ -59,6 +60,16 @@ def threads_for(rule_name, default=1):
     return int(config["threads"].get(rule_name, default))
 
 
+def job_threads(name, default=1):
+    """A rule's threads: the config's, scaled down with its workers where a GPU job would ask for
+    more than cpus_per_gpu CPUs per GPU (teddy.cpus)."""
+    def threads(wildcards):
+        res = job_resources(name, tuple(sorted(wildcards.items())), 1)
+        return cpu_split(threads_for(name, default), res["workers"], res["gpu"], config["cpus_per_gpu"])[0]
+
+    return threads
+
+
 def settings_of(name, wildcards):
     return stage(name).settings(config, dict(wildcards.items()))
 
@@ -75,15 +86,17 @@ def job_resources(name, wildcards, attempt):
     return stage(name).resources(stage(name).settings(config, dict(wildcards)), attempt, MACHINE)
 
 
-def stage_resources(name, default_threads=1):
+def stage_resources(name):
     """A rule's cluster resources from its stage (teddy.stages.<name>.resources): memory and
     runtime grow with the set, the architecture's throughput and the retry `attempt`;
-    cpus_per_task = the rule's threads + the job's DataLoader workers."""
+    cpus_per_task = the job's threads (overrides included) + the DataLoader workers that fit beside
+    them under cpus_per_gpu; the job runs with that split (teddy.runner, teddy.cpus)."""
     def one(key):
         return lambda wc, attempt: job_resources(name, tuple(sorted(wc.items())), attempt)[key]
 
-    def cpus(wc):
-        return threads_for(name, default_threads) + job_resources(name, tuple(sorted(wc.items())), 1)["workers"]
+    def cpus(wc, threads):
+        res = job_resources(name, tuple(sorted(wc.items())), 1)
+        return threads + fit_workers(threads, res["workers"], res["gpu"], config["cpus_per_gpu"])
 
     return dict(mem_mb=one("mem_mb"), runtime=one("runtime"), gpu=one("gpu"), cpus_per_task=cpus)
 

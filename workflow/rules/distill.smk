@@ -15,7 +15,7 @@ rule distill:
         f"{R}/logs/distill/{{method}}/ipc{{ipc}}/shard{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/distill/{{method}}/ipc{{ipc}}/shard{{shard}}.tsv"
-    threads: threads_for("distill")
+    threads: job_threads("distill")
     resources:
         **stage_resources("distill"),
     conda:

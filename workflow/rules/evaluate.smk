@@ -19,7 +19,7 @@ rule evaluate:
         f"{R}/logs/evaluate/{EVAL_CELL}.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{EVAL_CELL}.tsv"
-    threads: threads_for("evaluate")
+    threads: job_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
     conda:

@@ -10,9 +10,9 @@ rule train_prior:
         f"{R}/logs/train_prior/{{pool}}.log",
     benchmark:
         f"{R}/benchmarks/train_prior/{{pool}}.tsv"
-    threads: threads_for("train_prior", 2)
+    threads: job_threads("train_prior", 2)
     resources:
-        **stage_resources("train_prior", 2),
+        **stage_resources("train_prior"),
     conda:
         "../envs/teddy.yaml"
     script:
@@ -32,7 +32,7 @@ rule pool_member:
         f"{R}/logs/pool_member/{{pool}}/{{member}}.log",
     benchmark:
         f"{R}/benchmarks/pool_member/{{pool}}/{{member}}.tsv"
-    threads: threads_for("pool_member")
+    threads: job_threads("pool_member")
     resources:
         **stage_resources("pool_member"),
     conda:

@@ -15,7 +15,7 @@ rule relabel:
         f"{R}/logs/relabel/{{method}}/ipc{{ipc}}/{{protocol}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/relabel/{{method}}/ipc{{ipc}}/{{protocol}}/seed{{seed}}.tsv"
-    threads: threads_for("relabel")
+    threads: job_threads("relabel")
     resources:
         **stage_resources("relabel"),
     conda:

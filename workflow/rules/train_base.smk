@@ -12,9 +12,9 @@ rule train_base:
         f"{R}/logs/train_base/{{arch}}.log",
     benchmark:
         f"{R}/benchmarks/train_base/{{arch}}.tsv"
-    threads: threads_for("train_base", 2)
+    threads: job_threads("train_base", 2)
     resources:
-        **stage_resources("train_base", 2),
+        **stage_resources("train_base"),
     conda:
         "../envs/teddy.yaml"
     script:

@@ -1,5 +1,5 @@
 from teddy.runner import stage
 from teddy.stages.evaluate import run
 
-with stage(snakemake):
-    run(snakemake.params.settings, snakemake.input, snakemake.output, snakemake.params.machine)
+with stage(snakemake) as machine:  # the Machine, its workers fitted to the CPUs the job was given
+    run(snakemake.params.settings, snakemake.input, snakemake.output, machine)

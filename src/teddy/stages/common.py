@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -63,6 +63,17 @@ def machine_from_config(cfg: dict) -> Machine:
                    normalisation_file=dataset.get("normalisation_file"), device=str(cfg["device"]),
                    gpus_per_job=int(cfg["gpus_per_job"]), results_dir=str(cfg["results_dir"]),
                    distill_speed=distill_speed(cfg["distill"]))
+
+
+def job_machine(machine: Machine, threads: int, cpus_per_task: int | None) -> Machine:
+    """The Machine a running job uses: its DataLoader workers cut to the CPUs it was given beside
+    its threads (Snakemake's threads and cpus_per_task, command-line overrides included), so the
+    job uses what it asked for (teddy.cpus)."""
+    if cpus_per_task is None:
+        return machine
+    room = max(0, int(cpus_per_task) - int(threads))
+    return replace(machine, num_workers=min(machine.num_workers, room),
+                   student_workers=min(machine.student_workers, room))
 
 
 def distill_speed(distill: dict) -> dict:
