@@ -157,3 +157,25 @@ def test_gpu_jobs_ask_for_at_most_cpus_per_gpu_and_a_thread_override_moves_the_r
     assert evaluate and all((j["threads"], int(j["cpus_per_task"])) == (4, 8) for j in evaluate)
     cpu_jobs = [j for j in jobs.values() if j.get("gpu") == "0"]
     assert cpu_jobs and all(int(j["cpus_per_task"]) == j["threads"] for j in cpu_jobs)
+
+
+def test_student_jobs_are_costed_without_scanning_the_tree(tmp_path, monkeypatch):
+    """Every evaluate job's resources need the test split's size only: no walk of a class-folder
+    tree per job (ImageNet-1K's has 1.28 M files), however many jobs the DAG holds."""
+    from fixtures import write_class_folders
+    from teddy import image_folder
+
+    root = write_class_folders(tmp_path / "d", ["a", "b", "c"], per_class=12, size=12, test_split="test")
+    cfg = yaml.safe_load((REPO / "config" / "image_folder.yaml").read_text())
+    cfg["dataset"]["root"] = str(root)
+    cfg = load_config(cfg)
+    machine = machine_from_config(cfg)
+    walks = []
+    real = image_folder.image_files
+    monkeypatch.setattr(image_folder, "image_files", lambda d: walks.append(d) or real(d))
+    mod = stage("evaluate")
+    for seed in range(5):
+        for arch in cfg["evaluate"]["students"]:
+            wildcards = {**WILDCARDS, "arch": arch, "protocol": "teddy_small_kd", "seed": seed, "ipc": 10}
+            assert mod.resources(mod.settings(cfg, wildcards), 1, machine)["runtime"] > 0
+    assert walks == []
