@@ -125,10 +125,21 @@ def check_dc_comparison(name: str, cfg: dict, out: str) -> None:
     assert "eval/gradient_fresh/ipc10/convnet/dc/seed2.json" in out
 
 
+def check_dc_reproduction(name: str, cfg: dict, out: str) -> None:
+    """DC's own loop at IPC 1: two synthetic sets, five networks each, under the dc protocol, and
+    no base model or pool (nothing reads them)."""
+    assert cfg["evaluate"]["protocols"] == ["dc"] and cfg["distill"]["ipc"] == [1]
+    assert {m["method"] for m in cfg["distill"]["methods"].values()} == {"dc"}
+    counts = job_counts(out)
+    assert counts["distill"] == 2 and counts["evaluate"] == 2 * 5
+    assert "train_base" not in counts and "pool_member" not in counts
+    assert "eval/dc_seed1/ipc1/convnet/dc/seed4.json" in out
+
+
 CHECKS = {**{f"{name}.yaml": check_paper_config for name in PAPER_CONFIGS},
           "fashion_mnist_paper.yaml": check_fashion_mnist_paper, "ablations/pool.yaml": check_pool_ablation,
           "calibration.yaml": check_calibration, "calibration_mnist.yaml": check_calibration,
-          "dc_comparison.yaml": check_dc_comparison}
+          "dc_comparison.yaml": check_dc_comparison, "dc_reproduction.yaml": check_dc_reproduction}
 
 
 def test_the_checks_name_shipped_configs():

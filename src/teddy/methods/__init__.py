@@ -14,7 +14,7 @@ from teddy.methods.base import Distilled, DistillTask
 from teddy.methods.registry import METHODS, Method, full_recipe, get_method, per_batch, register_method
 
 # importing a method module registers it
-from teddy.methods import teddy, random_subset, sre2l, bilevel, herding, imported, rded  # noqa: E402,F401  isort: skip
+from teddy.methods import teddy, random_subset, sre2l, bilevel, herding, imported, rded, dc  # noqa: E402,F401  isort: skip
 
 __all__ = ["METHODS", "Method", "register_method", "get_method", "per_batch", "full_recipe", "DistillTask",
            "Distilled"]
