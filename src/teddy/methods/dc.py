@@ -87,7 +87,16 @@ def _train_on_synthetic(model, optimizer, images, labels, epochs: int, batch_siz
             optimizer.step()
 
 
-@register_method("dc", per_batch=False, defaults={
+def dc_work(recipe: dict, ipc: int, classes: int) -> float:
+    """Image passes of one outer iteration, for costing a job: per matching step and class, the
+    real batch's forward and backward and the synthetic images' through the second-order
+    gradient (about 3 passes each); between steps, inner_loop epochs over the synthetic set."""
+    outer, inner = dc_loops(ipc, recipe.get("outer_loop"), recipe.get("inner_loop"))
+    matching = outer * classes * 3 * (int(recipe.get("batch_real", 256)) + ipc)
+    return matching + (outer - 1) * inner * classes * ipc
+
+
+@register_method("dc", per_batch=False, work=dc_work, defaults={
     "iterations": 1000, "lr": 0.1, "momentum": 0.5, "lr_net": 0.01, "net_momentum": 0.5, "batch_real": 256,
     "batch_train": 256, "init": "noise", "outer_loop": None, "inner_loop": None, "matching_arch": "convnet",
     "matching_arch_options": {"depth": 3, "width": 128, "norm": "instance", "mnist_padding": True},

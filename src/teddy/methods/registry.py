@@ -15,21 +15,25 @@ class Method:
     distill: Callable          # distill(task: DistillTask) -> Distilled, given the full recipe
     per_batch: bool            # runs through base.run_batches batch by batch, so it shards
     defaults: dict = field(default_factory=dict)  # recipe values the method fills in
+    # image passes of one iteration, work(full_recipe, ipc, classes), for costing its jobs;
+    # None: one pass over the job's synthetic images
+    work: Callable | None = None
 
 
 # method name -> Method; `name in METHODS` and `sorted(METHODS)` are the known names
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, per_batch: bool = False, defaults: dict | None = None):
+def register_method(name: str, per_batch: bool = False, defaults: dict | None = None, work: Callable | None = None):
     """Register `distill(task)` as method `name`. `per_batch`: it optimises (or selects) batch by
     batch through `base.run_batches` (honours `task.batches` and `task.on_batch`), so its set can
     be split into shards; otherwise it is set-level and runs as one shard. `defaults`: the recipe
-    values it uses when the recipe leaves them out (`full_recipe`)."""
+    values it uses when the recipe leaves them out (`full_recipe`). `work`: the image passes of one
+    iteration, for a method that reads more than its synthetic images (costing its jobs)."""
     def wrap(fn):
         if name in METHODS:
             raise ValueError(f"distillation method '{name}' registered twice")
-        METHODS[name] = Method(name, fn, bool(per_batch), dict(defaults or {}))
+        METHODS[name] = Method(name, fn, bool(per_batch), dict(defaults or {}), work)
         return fn
     return wrap
 

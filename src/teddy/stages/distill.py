@@ -15,6 +15,7 @@ from teddy.data import dataset_info, load_split
 from teddy.distilled_set import index_within_class
 from teddy.errors import TeddyError
 from teddy.methods import DistillTask, full_recipe, get_method, per_batch
+from teddy.methods.registry import lookup
 from teddy.methods.base import SyntheticBatch
 from teddy.pool import FreshModelPool, load_pool
 from teddy.shard_store import ShardWriter
@@ -67,14 +68,18 @@ def job_images(settings: dict, classes: int) -> tuple[int, int]:
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
-    """runtime = 1.5 x iterations x images of one job / images/s (base arch) + 10 min (one synthetic
+    """runtime = 1.5 x iterations x images of one job (or the method's own `work` per iteration: dc
+    reads real batches) / images/s (base arch) + 10 min (one synthetic
     image-iteration costs about one student training image: measured 29 s per 1000 steps of a batch
     of 100 on ResNet-18, H100, benchmarks/gpu_distill_batch.py); memory = 4 GB + 0.5 GB per worker
     + 4 copies of one synthetic batch (pixels, gradient, two Adam moments)."""
     classes, channels, size = shape(settings, machine)
     images, batch = job_images(settings, classes)
-    iterations = int(full_recipe(settings["recipe"]).get("iterations", 1))
-    seconds = iterations * images / images_per_s(settings["model"]["arch"], size, machine.gpus_per_job)
+    full = full_recipe(settings["recipe"])
+    work = lookup(full["method"]).work  # a method reading more than its synthetic images says how much
+    passes = work(full, int(settings["ipc"]), classes) if work is not None else images
+    seconds = int(full.get("iterations", 1)) * passes / images_per_s(settings["model"]["arch"], size,
+                                                                      machine.gpus_per_job)
     batch_mb = batch * channels * size ** 2 * 4 / 2**20
     return request(4000 + machine.num_workers * 500 + 4 * batch_mb, seconds, attempt, machine.gpus_per_job,
                    machine.num_workers)
