@@ -213,9 +213,17 @@ def coerce_strings(value, schema: dict, root: dict | None = None):
     return value
 
 
+def read_schema(schema_path=None) -> dict:
+    """The config schema (workflow/schemas/config.schema.yaml unless another file is named)."""
+    return yaml.safe_load(Path(schema_path or SCHEMA).read_text())
+
+
 def validate_schema(cfg: dict, schema_path=None) -> dict:
     """Validate in place against the schema, filling in its defaults; one-line TeddyError."""
-    schema = yaml.safe_load(Path(schema_path or SCHEMA).read_text())
+    return _validate(cfg, read_schema(schema_path))
+
+
+def _validate(cfg: dict, schema: dict) -> dict:
     errors = sorted(_validator_filling_defaults(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
@@ -235,7 +243,7 @@ def fill_defaults(cfg: dict, schema_path=None) -> dict:
     for section in ("dataset", "base", "distill", "evaluate"):
         cfg.setdefault(section, {})
     cfg.setdefault("results_dir", "results")
-    schema = yaml.safe_load(Path(schema_path or SCHEMA).read_text())
+    schema = read_schema(schema_path)
     for _ in _validator_filling_defaults(schema).iter_errors(cfg):
         pass
     cfg["dataset"].setdefault("num_workers", 0)
@@ -249,9 +257,10 @@ def load_config(cfg: dict, schema_path=None) -> dict:
     with its defaults filled in, derived defaults, then check_config. Works in place (Snakemake's
     `config` stays the same dict) and returns cfg; raises TeddyError naming the key. Strings
     from --config are first read as the scalars the schema asks for (coerce_strings)."""
-    coerce_strings(cfg, yaml.safe_load(Path(schema_path or SCHEMA).read_text()))
+    schema = read_schema(schema_path)  # read once: the coercion and the validation share it
+    coerce_strings(cfg, schema)
     check_finite(cfg)
-    validate_schema(cfg, schema_path)
+    _validate(cfg, schema)
     fill_derived_defaults(cfg)
     check_config(cfg)
     return cfg
