@@ -27,10 +27,10 @@ import pandas as pd
 import yaml
 
 from teddy.config import load_config
+from teddy.jobs import eval_cell, eval_result_path, method_eval_seeds, method_ipcs
 from teddy.protocols import cells
 from teddy.published import load_published
 from teddy.report import mean_std_text
-from teddy.shards import eval_cell, eval_result_path, method_eval_seeds, method_ipcs
 
 REPO = Path(__file__).resolve().parents[1]
 SELECTION = ("random", "herding")  # baselines whose published rows DC's Table 1 gives

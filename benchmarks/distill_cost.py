@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from teddy.data import TensorImageDataset, dataset_info, load_split
+from teddy.data import TensorImageDataset
+from teddy.datasets import dataset_info, load_split
 from teddy.methods import bilevel, full_recipe, teddy
 from teddy.methods.base import HARNESS_DEFAULTS, DistillTask, chosen_real, optimise_synthetic, start_batch
 from teddy.models import build_model

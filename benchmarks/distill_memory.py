@@ -24,7 +24,8 @@ import numpy as np
 CHILD = """
 import json, resource, sys, time, torch
 torch.set_num_threads(1)
-from teddy.stages import Files, run_stage
+from teddy.stages import run_stage
+from teddy.job_files import Files
 a = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 done = run_stage("distill", a["cfg"], {"method": "teddy", "ipc": a["ipc"], "shard": 0}, Files(pool=a["members"]),
@@ -60,7 +61,7 @@ def main() -> None:
 
     import torch
 
-    from teddy.data import load_split
+    from teddy.datasets import load_split
     from teddy.models import build_model
     from teddy.pool import save_model
     from teddy.train import recalibrate_bn

@@ -112,7 +112,7 @@ def pipeline_rate(args, pool, G: int, device: torch.device) -> tuple[float, floa
 
 def ceiling_rate(args, model, total: int, device: torch.device) -> tuple[float, float | None]:
     """Bare forward + backward to the input of one frozen network at batch `total`."""
-    from teddy.train import autocast_for
+    from teddy.recipes import autocast_for
 
     x = torch.randn(total, args.channels, args.image_size, args.image_size, device=device)
     if args.channels_last and device.type == "cuda":
@@ -208,7 +208,7 @@ def demo(args) -> None:
     """The demo-sized teddy distillation through get_method, wall seconds."""
     import yaml
 
-    from teddy.data import dataset_info, load_split
+    from teddy.datasets import dataset_info, load_split
     from teddy.methods import DistillTask, get_method
     from teddy.models import build_model
     from teddy.pool import WeakPool

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from teddy.data import dataset_info, load_split
+from teddy.datasets import dataset_info, load_split
 from teddy.methods import DistillTask, get_method
 from teddy.models import build_model
 from teddy.pool import WeakPool

@@ -29,12 +29,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from teddy.data import TensorImageDataset, dataset_info, load_split
+from teddy.data import TensorImageDataset
+from teddy.datasets import dataset_info, load_split
 from teddy.methods import DistillTask, get_method
+from teddy.models import model_from_spec
 from teddy.pool import WeakPool, load_model, member_names
 from teddy.protocols import config_protocol, student_spec
-from teddy.stages import build, student_recipe
-from teddy.stages.common import build as build_spec
+from teddy.stages import build
+from teddy.student_run import config_student_recipe
 from teddy.train import evaluate_accuracy, fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,8 +119,8 @@ def main():
 
         result, seconds, iterations = run_within_budget(method, task_for, args.budget)
         train_set = TensorImageDataset(result.images, result.labels, real.class_names)
-        student = build_spec(student_spec(cfg, protocol, "convnet"), info, seed=0)
-        fit(student, train_set, student_recipe(cfg, len(train_set), protocol["name"], args.ipc), CPU, seed=0,
+        student = model_from_spec(student_spec(cfg, protocol, "convnet"), info, seed=0)
+        fit(student, train_set, config_student_recipe(cfg, len(train_set), protocol["name"], args.ipc), CPU, seed=0,
             targets=targets_for(base if protocol["labels"] == "kd" else None),
             desc=f"student {label}")
         accuracy = evaluate_accuracy(student, test_set, CPU)

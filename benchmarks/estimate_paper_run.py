@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from teddy.data import TensorImageDataset, dataset_info
+from teddy.data import TensorImageDataset
+from teddy.datasets import dataset_info
 from teddy.methods import get_method
 from teddy.methods.base import DistillTask
 from teddy.models import model_from_spec
 from teddy.pool import WeakPool, member_names
 from teddy.protocols import cells, config_protocol, student_spec, whole_set_recipe
-from teddy.stages import student_recipe
+from teddy.student_run import config_student_recipe
 from teddy.train import evaluate_accuracy, fit, targets_for
 
 DEVICE = torch.device("cpu")
@@ -116,7 +117,7 @@ def main():
         teacher = base_arch if protocol["labels"] == "kd" else None
         for ipc in ipcs:
             n = ipc * info.num_classes
-            s = train_seconds(cfg, arch, info, n, student_recipe(cfg, n, name, ipc), teacher_arch=teacher,
+            s = train_seconds(cfg, arch, info, n, config_student_recipe(cfg, n, name, ipc), teacher_arch=teacher,
                               slice_epochs=20, spec=student_spec(cfg, protocol, arch))
             rows.append((f"evaluate {arch} {name} ipc{ipc}", per_cell, s + test_seconds[arch], 1))
 

@@ -32,7 +32,7 @@ def main() -> None:
         print("no CUDA device: this benchmark measures the GPU only; nothing measured")
         return
 
-    from teddy.data import dataset_info
+    from teddy.datasets import dataset_info
     from teddy.methods.base import DistillTask, optimise_synthetic
     from teddy.methods.teddy import statistics_loss_fn
     from teddy.models import build_model

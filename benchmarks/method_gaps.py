@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from teddy.config import load_config
+from teddy.jobs import eval_result_path
 from teddy.report import accuracy_table, collect_results, mean_std_text, method_gaps, requested_cells
-from teddy.shards import eval_result_path
 from teddy.stages import aggregate
 
 

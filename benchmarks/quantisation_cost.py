@@ -34,13 +34,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from teddy import stages
-    from teddy.data import TensorImageDataset, dataset_info, load_split
+    from teddy.data import TensorImageDataset
+    from teddy.datasets import dataset_info, load_split
     from teddy.distilled_set import load_set_tensors, quantise
+    from teddy.machine import resolve_device
     from teddy.methods import DistillTask, get_method
+    from teddy.models import model_from_spec
     from teddy.pool import load_model, member_names
     from teddy.protocols import config_protocol, student_spec
-    from teddy.stages.common import build
-    from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for
+    from teddy.train import evaluate_accuracy, fit, targets_for
 
     cfg = yaml.safe_load(Path(args.configfile).read_text())
     R = Path(cfg["results_dir"])
@@ -85,7 +87,7 @@ def main() -> None:
     for seed in args.seeds:
         accuracy = []
         for version in (images, quantised):
-            student = build(student_spec(cfg, protocol, args.arch), info, seed=seed)
+            student = model_from_spec(student_spec(cfg, protocol, args.arch), info, seed=seed)
             fit(student, TensorImageDataset(version, labels, real.class_names), student_recipe, device,
                 seed=seed, targets=targets_for(teacher), desc=f"student seed {seed}")
             accuracy.append(100 * evaluate_accuracy(student, test_set, device))

@@ -32,7 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from teddy.data import TensorImageDataset, dataset_info, load_split
+from teddy.data import TensorImageDataset
+from teddy.datasets import dataset_info, load_split
 from teddy.errors import TeddyError
 from teddy.methods import DistillTask, get_method
 from teddy.models import build_model

@@ -14,10 +14,11 @@ import yaml
 
 from teddy.config import load_config
 from teddy.cpus import cpu_split
+from teddy.jobs import shard_count
+from teddy.machine import machine_from_config
 from teddy.pool import member_names
 from teddy.protocols import cells, config_protocol
-from teddy.shards import shard_count
-from teddy.stages import machine_from_config, stage
+from teddy.stages import stage
 
 
 def jobs(cfg: dict):

@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 import yaml
 
-from teddy.data import TensorImageDataset, dataset_info, load_split
+from teddy.data import TensorImageDataset
+from teddy.datasets import dataset_info, load_split
 from teddy.methods import DistillTask, get_method
 from teddy.pool import WeakPool, load_model
 from teddy.protocols import config_protocol

@@ -47,11 +47,13 @@ import yaml
 from teddy.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, TensorImageDataset
 from teddy.distilled_set import from_uint8
 from teddy.losses import kd_loss
+from teddy.machine import resolve_device
 from teddy.models import build_model
 from teddy.protocols import config_protocol, config_protocols, evaluates
-from teddy.stages.common import student_recipe_settings
+from teddy.recipes import autocast_for, compiled, make_optimizer
 from teddy.student_data import PixelSet
-from teddy.train import autocast_for, compiled, fit, make_optimizer, resolve_device, targets_for
+from teddy.student_run import student_recipe_settings
+from teddy.train import fit, targets_for
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import torch
 
 import teddy.data
 from teddy.augment import apply_augment, augment, pixel_bounds, sample_augment_params
-from teddy.data import dataset_info
+from teddy.datasets import dataset_info
 
 
 def test_augment_is_replayable_and_differentiable():

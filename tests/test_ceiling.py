@@ -4,13 +4,13 @@ config's DAG (its ceiling jobs among them) is dry-run in tests/test_config_dry_r
 import json
 
 import pytest
+from fixtures import tiny_protocols
 
 from teddy import stages
-from teddy.stages import Files, run_stage
 from teddy.errors import TeddyError
+from teddy.job_files import Files
 from teddy.pool import save_model
-
-from fixtures import tiny_protocols
+from teddy.stages import run_stage
 
 
 def tiny_cfg(root, tmp_path):

@@ -10,12 +10,12 @@ import shutil
 
 import pytest
 import yaml
-
 from fixtures import REPO, job_counts, snakemake, write_cifar, write_image_folder
-from teddy.data import load_split
+
+from teddy.datasets import load_split
+from teddy.jobs import method_eval_seeds, method_ipcs, shard_count
 from teddy.pool import member_names
 from teddy.protocols import cells
-from teddy.shards import method_eval_seeds, method_ipcs, shard_count
 
 # every workflow config (config/protocols/ holds evaluation protocols, validated in tests/test_protocols.py)
 CONFIGS = sorted(str(p.relative_to(REPO / "config")) for p in (REPO / "config").rglob("*.yaml")

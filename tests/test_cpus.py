@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 from teddy.cpus import cpu_split, fit_workers
-from teddy.stages.common import Machine, job_machine
+from teddy.machine import Machine, job_machine
 
 
 def test_cpu_jobs_and_jobs_under_the_cap_keep_their_threads_and_workers():

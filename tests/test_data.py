@@ -2,10 +2,11 @@ import gzip
 
 import pytest
 import torch
-
 from fixtures import write_cifar, write_fashion_mnist, write_image_folder
+
 from teddy.augment import pixel_bounds
-from teddy.data import batches, dataset_info, draw_indices, load_split, split_counts, split_indices
+from teddy.data import batches, draw_indices, split_counts, split_indices
+from teddy.datasets import dataset_info, load_split
 from teddy.errors import TeddyError
 
 

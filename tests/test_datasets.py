@@ -3,22 +3,24 @@ and the load-time count checks (IPC and RDED candidates against the smallest cla
 
 import pytest
 import torch
-from torchvision import transforms
-from PIL import Image
-
 from fixtures import write_class_folders, write_image_folder
+from PIL import Image
+from torchvision import transforms
+
 from teddy import image_folder
 from teddy.config import check_config
-from teddy.data import dataset_info, load_split
-from teddy.datasets import DATASETS, check_dataset_counts, dataset_spec, image_counts, train_counts_per_class
+from teddy.datasets import (DATASETS, check_dataset_counts, dataset_info, dataset_spec, image_counts, load_split,
+                            smallest_class, train_counts_per_class)
 from teddy.errors import TeddyError
+from teddy.methods import METHODS
+from teddy.methods.registry import RecipeContext
 
 
 def test_every_dataset_states_its_facts_and_reader():
     assert {"mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet", "imagenet1k", "image_folder",
             "imagenette", "imagewoof"} <= set(DATASETS)
     for name, spec in DATASETS.items():
-        assert spec.name == name and callable(spec.reader)
+        assert spec.name == name and (callable(spec.reader) or (spec.reader is None and spec.folders))
         if spec.info is not None:
             assert spec.info.name == name and len(spec.info.mean) == len(spec.info.std) == spec.info.channels
             assert dataset_info(name) is spec.info
@@ -39,7 +41,7 @@ def test_every_dataset_states_its_facts_and_reader():
 def test_one_class_folder_reader_for_every_folder_preset():
     folder_names = [n for n, s in DATASETS.items() if s.folders]
     assert {"tiny_imagenet", "imagenet1k", "image_folder", "imagenette"} <= set(folder_names)
-    assert all(DATASETS[n].reader is image_folder.read_class_folders for n in folder_names)
+    assert all(DATASETS[n].reader is None for n in folder_names)  # presets of the class-folder reader
     # fixed facts (Tiny-ImageNet, ImageNet-1K) need no normalisation rule; the others may
     assert not image_folder.is_folder_dataset({"name": "tiny_imagenet"})
     assert not image_folder.is_folder_dataset({"name": "imagenet1k"})
@@ -124,11 +126,16 @@ def test_rded_candidates_against_the_smallest_class(tmp_path):
     root = write_class_folders(tmp_path / "d", ["a", "b", "c"], per_class=12, size=8)
     section = {"name": "image_folder", "root": str(root), "image_size": 8, "channels": 3, "val_fraction": 0.0}
     rded = {"method": "rded", "pool": "base"}  # the default candidates_per_class is 300
+    smallest, where = smallest_class(section)
+
+    def check(recipe, ipcs):  # RDED's own config check, as the config loader calls it
+        ctx = RecipeContext("distill.methods.r", 8, tuple(ipcs), ["base"], smallest, where)
+        METHODS["rded"].check(recipe, ctx)
     with pytest.raises(TeddyError, match="distill.methods.r.candidates_per_class=300 is above .* 12 training"):
-        check_dataset_counts(ipc_config(section, [1], {"r": rded}))
-    check_dataset_counts(ipc_config(section, [3], {"r": {**rded, "candidates_per_class": 12, "factor": 2}}))
+        check(rded, [1])
+    check({**rded, "candidates_per_class": 12, "factor": 2}, [3])
     with pytest.raises(TeddyError, match=r"distill.methods.r needs IPC x factor\^2 = 16 .* above"):
-        check_dataset_counts(ipc_config(section, [4], {"r": {**rded, "candidates_per_class": None, "factor": 2}}))
+        check({**rded, "candidates_per_class": None, "factor": 2}, [4])
 
 
 def test_image_counts_for_costing_jobs(tmp_path):

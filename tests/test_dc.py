@@ -7,8 +7,9 @@ import torch
 
 from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.errors import TeddyError
-from teddy.methods import DistillTask, get_method
+from teddy.methods import DistillTask
 from teddy.methods import dc as dc_module
+from teddy.methods import get_method
 from teddy.methods.dc import dc_layer_distance, dc_loops, dc_match
 
 INFO = DatasetInfo("toy", 3, 1, 8, (0.3,), (0.3,))
@@ -112,10 +113,11 @@ def test_a_dc_job_is_costed_by_the_real_batches_it_reads():
     """DC's iteration reads batch_real real images per class (twice through the network, plus the
     synthetic second-order pass): costed by its own work, not by its 10 synthetic images."""
     import yaml
-
     from fixtures import REPO
+
     from teddy.config import load_config
-    from teddy.stages import machine_from_config, stage
+    from teddy.machine import machine_from_config
+    from teddy.stages import stage
 
     cfg = load_config(yaml.safe_load((REPO / "config" / "dc_reproduction.yaml").read_text()))
     cfg["distill"]["methods"]["random"] = {"method": "random"}

@@ -22,7 +22,7 @@ from torchvision.datasets import FashionMNIST
 from teddy.data import _normalise, read_idx
 from teddy.datasets import dataset_info, load_split
 from teddy.errors import TeddyError
-from teddy.stages.common import dataset_cfg, dataset_settings, machine_from_config
+from teddy.machine import dataset_cfg, dataset_settings, machine_from_config
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -177,9 +177,9 @@ def test_the_mirror_reaches_the_job_but_is_not_a_recorded_setting():
 
 def test_command_line_strings_become_the_schemas_scalars():
     """`snakemake --config 'dataset={root: d, download: true}'` hands the loader strings."""
-    from teddy.config import SCHEMA, coerce_strings
-
     import yaml
+
+    from teddy.schema import SCHEMA, coerce_strings
 
     schema = yaml.safe_load(SCHEMA.read_text())
     cfg = {"dataset": {"name": "fashion_mnist", "root": "123", "download": "true", "val_fraction": "0.2",

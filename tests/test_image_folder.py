@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import class_patterns, write_class_folders, write_idx
 from PIL import Image
 
-from fixtures import write_class_folders, write_idx, class_patterns
 from teddy.config import check_config
-from teddy.data import dataset_info, load_split
+from teddy.datasets import dataset_info, load_split
 from teddy.errors import TeddyError
 from teddy.image_folder import check_tree, class_folders, compute_normalisation
 from teddy.imagenet_subsets import SUBSETS, subset_wnids

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import REPO, write_class_folders
 from PIL import Image
 from scipy.io import savemat
 
 import teddy.imagenet_val as iv
-from fixtures import REPO, write_class_folders
-from teddy.data import load_split
+from teddy.datasets import load_split
 from teddy.errors import TeddyError
 from teddy.image_folder import check_tree
 

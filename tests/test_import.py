@@ -6,11 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+from fixtures import set_protocol, tiny_config
 from PIL import Image
 
-from teddy.stages import Files, run_stage
 from teddy.errors import TeddyError
-from fixtures import set_protocol, tiny_config
+from teddy.job_files import Files
+from teddy.stages import run_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

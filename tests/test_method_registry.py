@@ -5,9 +5,9 @@ import torch
 
 from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.errors import TeddyError
+from teddy.jobs import method_shards
 from teddy.methods import METHODS, Distilled, DistillTask, full_recipe, get_method, per_batch, register_method
 from teddy.methods.base import HARNESS_DEFAULTS
-from teddy.shards import method_shards
 
 INFO = DatasetInfo("toy", 10, 1, 8, (0.5,), (0.5,))
 
@@ -22,7 +22,7 @@ def probe():
         seen["recipe"] = task.recipe
         return Distilled(torch.zeros(0), torch.zeros(0, dtype=torch.long), {})
     yield seen
-    del METHODS["probe"]
+    METHODS.unregister("probe")
 
 
 def test_every_method_module_registers_itself():
@@ -33,7 +33,7 @@ def test_every_method_module_registers_itself():
 def test_the_decorator_registers_name_per_batch_and_defaults(probe):
     assert METHODS["probe"].per_batch and per_batch("probe")
     assert full_recipe({"method": "probe", "alpha": 2.0}) == {"iterations": 7, "alpha": 2.0, "method": "probe"}
-    with pytest.raises(ValueError, match="registered twice"):
+    with pytest.raises(TeddyError, match="registered twice"):
         register_method("probe")(lambda task: None)
 
 

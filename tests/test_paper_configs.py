@@ -8,12 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-
 from fixtures import REPO, write_image_folder
-from teddy.data import batches, load_split
+
+from teddy.data import batches
+from teddy.datasets import load_split
+from teddy.jobs import method_shards, shard_count
 from teddy.methods import METHODS
 from teddy.protocols import load_protocol
-from teddy.shards import method_shards, shard_count
 
 PAPER_CONFIGS = ["cifar10", "cifar100", "tiny_imagenet", "imagenet1k"]
 

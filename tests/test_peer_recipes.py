@@ -14,9 +14,10 @@ from teddy.errors import TeddyError
 from teddy.label_store import LabelStore, write_label_store
 from teddy.models import build_model
 from teddy.protocols import load_protocol
+from teddy.recipes import lr_factor
 from teddy.student_data import MIX_CUTMIX, MicroBatch
 from teddy.teachers import TeacherEnsemble
-from teddy.train import fit, lr_factor, targets_for
+from teddy.train import fit, targets_for
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,17 +10,19 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
-
 from fixtures import REPO, snakemake, write_fashion_mnist
+
 from teddy import stages
-from teddy.stages import Files, run_stage
 from teddy.config import check_config
-from teddy.data import TensorImageDataset, load_split
+from teddy.data import TensorImageDataset
+from teddy.datasets import load_split
 from teddy.errors import TeddyError
 from teddy.io import load_json
+from teddy.job_files import Files
 from teddy.models import bn_layers, build_model, count_parameters
-from teddy.pool import (FreshModelPool, WeakPool, choose_snapshot, load_model, load_pool, member_names,
-                        prune_channels, read_manifest)
+from teddy.pool import (FreshModelPool, WeakPool, choose_snapshot, load_model, load_pool, member_names, prune_channels,
+                        read_manifest)
+from teddy.stages import run_stage
 from teddy.train import recalibrate_bn
 
 

@@ -5,15 +5,16 @@ import copy
 
 import pytest
 import torch
-
 from fixtures import write_fashion_mnist
-from teddy.stages import Files, run_stage
+
 from teddy.config import check_config
 from teddy.errors import TeddyError
 from teddy.io import load_json
+from teddy.job_files import Files
 from teddy.models import build_model
 from teddy.pool import load_model
 from teddy.pretrained import hub_file, load_pretrained
+from teddy.stages import run_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,16 +10,17 @@ import math
 import pytest
 import torch
 import yaml
-
 from fixtures import REPO
+
 from teddy.config import load_config
 from teddy.data import TensorImageDataset
 from teddy.errors import TeddyError
 from teddy.losses import kd_loss
 from teddy.models import build_model
-from teddy.protocols import (cell_recipe, cells, class_batch_size, known_protocols, load_protocol, whole_set_recipe)
+from teddy.protocols import cell_recipe, cells, class_batch_size, known_protocols, load_protocol, whole_set_recipe
 from teddy.published import load_published
-from teddy.train import fit, lr_factor
+from teddy.recipes import lr_factor
+from teddy.train import fit
 
 SHIPPED = known_protocols()
 
@@ -226,7 +227,7 @@ def test_kd_loss_with_and_without_t_squared():
 
 
 def test_weight_decay_skip_1d_exempts_biases_and_norms():
-    from teddy.train import make_optimizer
+    from teddy.recipes import make_optimizer
 
     model = build_model("convnet", 10, 1, 28, depth=1, width=4, norm="instance")
     opt = make_optimizer(model.parameters(), {"lr": 0.1, "weight_decay": 0.01, "optimizer": "adamw",

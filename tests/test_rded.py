@@ -161,7 +161,8 @@ def test_config_check_refuses_a_bad_rded_recipe_when_the_workflow_loads():
     for recipe, message in [({"factor": 3}, "distill.methods.r.factor=3 does not divide the image size 28"),
                             ({"observer": "epoch1"}, "distill.methods.r.observer 'epoch1' is not a member"),
                             ({"pool": None}, "distill.methods.r.pool must name a pool")]:
-        cfg["distill"]["methods"]["r"] = {"method": "rded", "pool": "single", **recipe}
+        recipe = {"method": "rded", "pool": "single", **recipe}
+        cfg["distill"]["methods"]["r"] = {k: v for k, v in recipe.items() if v is not None}  # None: no pool
         with pytest.raises(TeddyError, match=message):
             check_config(cfg)
 
@@ -189,7 +190,9 @@ def test_region_teacher_softens_to_the_mean_of_the_cells_distributions():
 
 def test_image_folder_gives_the_set_the_same_images_in_memory_give(tmp_path):
     from fixtures import write_image_folder
-    from teddy.data import dataset_info, load_split, stack_items
+
+    from teddy.data import stack_items
+    from teddy.datasets import dataset_info, load_split
 
     root = write_image_folder(tmp_path / "tiny", per_class=5, size=64)
     folder = load_split({"name": "tiny_imagenet", "root": str(root), "val_fraction": 0.0, "num_workers": 1}, "train")
@@ -206,10 +209,11 @@ def test_image_folder_gives_the_set_the_same_images_in_memory_give(tmp_path):
 
 def test_distill_stage_writes_an_rded_set_scored_by_the_single_pool_member(tmp_path, fmnist_root):
     from teddy import stages
-    from teddy.stages import Files, run_stage
-    from teddy.data import dataset_info, load_split
+    from teddy.datasets import dataset_info, load_split
     from teddy.distilled_set import load_set_tensors, quantise
+    from teddy.job_files import Files
     from teddy.pool import load_model, save_model
+    from teddy.stages import run_stage
 
     recipe = {"method": "rded", "pool": "single", "factor": 2, "crops_per_image": 2, "candidates_per_class": 8}
     cfg = {"dataset": {"name": "fashion_mnist", "root": str(fmnist_root), "val_fraction": 0.0}, "device": "cpu",

@@ -288,8 +288,10 @@ def test_html_holds_every_block_and_the_unmatched_section(tmp_path):
 
 def test_aggregate_stage_writes_every_output_and_names_a_missing_ceiling(tmp_path):
     """The aggregate stage end to end: its cells come from evaluate.protocols and the students."""
-    from teddy.stages import Files, run_stage
     from test_efficiency import write_job
+
+    from teddy.job_files import Files
+    from teddy.stages import run_stage
 
     cfg = {**CFG, "dataset": {"name": "fashion_mnist"}, "results_dir": str(tmp_path),
            "evaluate": {"students": ["convnet"], "seeds": [0, 1], "protocols": [KD, HARD]}}

@@ -5,10 +5,11 @@ import re
 import shutil
 
 import yaml
-
 from fixtures import REPO, snakemake
+
 from teddy.config import load_config
-from teddy.stages import machine_from_config, stage
+from teddy.machine import machine_from_config
+from teddy.stages import stage
 
 
 def _dry_run_resources(tmp_path, config_file="imagenet1k.yaml", edit=None, args=()):
@@ -163,6 +164,7 @@ def test_student_jobs_are_costed_without_scanning_the_tree(tmp_path, monkeypatch
     """Every evaluate job's resources need the test split's size only: no walk of a class-folder
     tree per job (ImageNet-1K's has 1.28 M files), however many jobs the DAG holds."""
     from fixtures import write_class_folders
+
     from teddy import image_folder
 
     root = write_class_folders(tmp_path / "d", ["a", "b", "c"], per_class=12, size=12, test_split="test")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures import REPO, SNAKEMAKE, tiny_config, write_fashion_mnist, write_workdir
-from teddy.data import dataset_info, load_split
+
+from teddy.datasets import dataset_info, load_split
 from teddy.distilled_set import index_within_class, load_set_tensors, write_images, write_meta
 from teddy.io import load_torch
 from teddy.methods.base import DistillTask, optimise_synthetic, select_real
@@ -34,7 +34,8 @@ INFO = dataset_info("fashion_mnist")
 DISTILL_JOB = """
 import json, sys, torch
 torch.set_num_threads(1)
-from teddy.stages import Files, run_stage
+from teddy.stages import run_stage
+from teddy.job_files import Files
 a = json.load(open(sys.argv[1]))
 run_stage("distill", a["cfg"], {"method": "teddy", "ipc": 2, "shard": 0}, Files(pool=a["members"]),
           Files(done=a["out"] + "/done.json"))

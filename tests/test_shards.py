@@ -7,19 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures import write_fashion_mnist
 from PIL import Image, ImageDraw
 
-from fixtures import write_fashion_mnist
-from teddy.stages import Files, run_stage
-from teddy.data import dataset_info, load_split
+from teddy.datasets import dataset_info, load_split
 from teddy.distilled_set import check_set, load_set_tensors, quantise, write_images
 from teddy.errors import TeddyError
 from teddy.io import load_json
+from teddy.job_files import Files
+from teddy.jobs import eval_cell, eval_result_path, shard_count
 from teddy.methods import DistillTask, get_method
 from teddy.models import build_model
 from teddy.pool import load_pool, save_model
 from teddy.shard_store import sample_grid
-from teddy.shards import eval_cell, eval_result_path, shard_count
+from teddy.stages import run_stage
 from teddy.train import recalibrate_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures import set_protocol, tiny_config, write_class_folders, write_fashion_mnist
+
 from teddy.config import load_config
 from teddy.errors import TeddyError
-from teddy.stages import STAGES, Files, machine_from_config, stage
+from teddy.job_files import Files
+from teddy.machine import machine_from_config
+from teddy.stages import STAGES, stage
 
 WILDCARDS = {"method": "teddy", "ipc": 2, "shard": 0, "arch": "convnet", "protocol": "teddy_small_kd", "seed": 0,
              "pool": "prior", "member": "epoch1"}
@@ -262,8 +264,8 @@ def test_evaluate_settings_hold_the_process_count(pipeline):
 
 
 def test_a_methods_eval_seeds_choose_its_students_and_leave_its_set_alone(pipeline):
+    from teddy.jobs import method_eval_seeds
     from teddy.report import requested_cells
-    from teddy.shards import method_eval_seeds
 
     cfg = copy.deepcopy(pipeline["cfg"])
     dist, wc = stage("distill"), {"method": "teddy", "ipc": 2, "shard": 0}
@@ -317,14 +319,14 @@ def test_a_schema_error_is_one_line_naming_the_key(tmp_path):
 
 def test_the_benchmarks_student_recipe_caps_the_batch_and_keeps_the_speed_keys():
     from teddy.protocols import load_protocol
-    from teddy.stages import student_recipe
+    from teddy.student_run import config_student_recipe
 
-    capped = student_recipe({"evaluate": {"protocols": ["teddy_small_kd"], "compile": True}}, 100)
+    capped = config_student_recipe({"evaluate": {"protocols": ["teddy_small_kd"], "compile": True}}, 100)
     assert capped == {**load_protocol("teddy_small_kd")["recipe"], "batch_size": 100, "compile": True}
 
 
 def test_a_model_near_chance_is_one_warning_line_naming_the_recipe_key(capsys):
-    from teddy.stages.common import near_chance_warning
+    from teddy.train import near_chance_warning
 
     assert near_chance_warning(0.80, 10, "the base model (teacher) convnet", "base.recipe.epochs") is None
     line = near_chance_warning(0.14, 10, "pool 'prior' member epoch1", "pools.prior.epochs")

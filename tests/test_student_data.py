@@ -3,8 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from teddy.data import TensorImageDataset
-from teddy.student_data import (MIX_CUTMIX, StudentData, load_student_set, mixed_cross_entropy, plan_epoch,
-                                roi_crop)
+from teddy.student_data import MIX_CUTMIX, StudentData, load_student_set, mixed_cross_entropy, plan_epoch, roi_crop
 
 CPU = torch.device("cpu")
 
@@ -87,7 +86,7 @@ def test_streamed_png_set_gives_the_same_batches_as_in_memory(tmp_path):
 def test_base_training_crops_folder_images_at_full_resolution(tmp_path):
     from fixtures import write_image_folder
 
-    from teddy.data import dataset_info, load_split
+    from teddy.datasets import dataset_info, load_split
     from teddy.models import build_model
     from teddy.train import fit
 

@@ -5,7 +5,8 @@ from teddy.data import TensorImageDataset
 from teddy.errors import TeddyError
 from teddy.losses import kd_loss
 from teddy.models import build_model
-from teddy.train import evaluate_accuracy, fit, lr_factor, recalibrate_bn, targets_for
+from teddy.recipes import lr_factor
+from teddy.train import evaluate_accuracy, fit, recalibrate_bn, targets_for
 
 CPU = torch.device("cpu")
 
@@ -85,8 +86,9 @@ def test_recalibrate_bn_moves_statistics_to_the_data():
 def test_the_epoch_level_nan_guard_off_cpu_names_the_epoch_and_keeps_results_exact():
     """What CUDA runs do (the running loss stays on the device, the guard reads it once per
     epoch), exercised on CPU: the same mean loss, and a non-finite loss still stops the run."""
+    from teddy.recipes import lr_schedule, make_optimizer
     from teddy.student_data import StudentData, plan_epoch
-    from teddy.train import HardLabels, lr_schedule, make_optimizer, train_one_epoch
+    from teddy.train import HardLabels, train_one_epoch
 
     data = _toy_set(40)
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fixtures import set_protocol, snakemake, tiny_config, write_class_folders, write_fashion_mnist, write_workdir
 from torchvision.datasets import ImageFolder
 
-from fixtures import set_protocol, snakemake, tiny_config, write_class_folders, write_fashion_mnist, write_workdir
 from teddy.distilled_set import load_set_tensors
-from teddy.shards import eval_cell
+from teddy.jobs import eval_cell
 
 
 def assert_modes_follow_umask(root: Path, umask: int) -> None:

@@ -24,11 +24,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import teddy, torch, torchvision, torch_pruning, snakemake, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import teddy, torch, torchvision, torch_pruning, snakemake, pytest, importlinter" 2>/dev/null; then
   echo "setup: installing Python dependencies (torch from local disk, about 2 minutes)"
   .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import teddy, torch, torchvision, torch_pruning, snakemake, pytest"
+  .venv/bin/python -c "import teddy, torch, torchvision, torch_pruning, snakemake, pytest, importlinter"
 fi
 
 if [ "$want_tests" = 0 ] && [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then

@@ -10,13 +10,11 @@ pixels that the synthetic images are clamped to.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from teddy.data import DatasetInfo
+from teddy.data import DatasetInfo
 
 
 def sample_augment_params(batch_size: int, image_size: int, cfg: dict, generator: torch.Generator) -> dict:

@@ -5,22 +5,22 @@ it; every stage then reads the filled-in values, never a default of its own."""
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 
-import yaml
+from jsonschema import Draft202012Validator
 
-from teddy.data import dataset_info
-from teddy.datasets import check_dataset_counts
+from teddy.datasets import check_dataset_counts, dataset_info
 from teddy.errors import TeddyError
 from teddy.image_folder import check_tree, is_folder_dataset, setting
-from teddy.methods import METHODS, rded
+from teddy.methods import METHODS
+from teddy.methods.registry import RecipeContext
 from teddy.models import MODELS, check_image_size
+from teddy.plugins import load_plugins
 from teddy.pool import member_names
 from teddy.protocols import check_protocols
-from teddy.stages.common import data_shape
-from teddy.train import trained_epochs
+from teddy.recipes import trained_epochs
+from teddy.resources import data_shape
+from teddy.schema import check_finite, coerce_strings, read_schema, validate, validator_filling_defaults
 
 
 def check_dataset(cfg: dict) -> int:
@@ -45,7 +45,7 @@ def check_dataset(cfg: dict) -> int:
     return int(setting(dataset, "image_size"))
 
 
-def check_config(cfg: dict) -> None:
+def check_config(cfg: dict, schema: dict | None = None) -> None:
     """Raise TeddyError naming the offending key; called when the workflow loads."""
     image_size = check_dataset(cfg)
     archs = [cfg["base"]["arch"]] + list(cfg["evaluate"]["students"])
@@ -64,9 +64,6 @@ def check_config(cfg: dict) -> None:
         extra = sorted(set(int(i) for i in recipe.get("ipc") or []) - set(int(i) for i in cfg["distill"]["ipc"]))
         if extra:
             raise TeddyError(f"distill.methods.{name}.ipc has {extra}, which distill.ipc does not list")
-        if recipe["method"] not in METHODS:
-            raise TeddyError(f"unknown distillation method '{recipe['method']}' (config key "
-                             f"distill.methods.{name}.method); known: {sorted(METHODS)}")
         pool = recipe.get("pool")
         if pool is not None and pool not in cfg.get("pools", {}):
             raise TeddyError(f"distill.methods.{name}.pool names pool '{pool}', which is not under 'pools'")
@@ -75,13 +72,6 @@ def check_config(cfg: dict) -> None:
             if members and int(recipe["pool_size"]) > len(members):
                 raise TeddyError(f"distill.methods.{name}.pool_size={recipe['pool_size']} but pool '{pool}' "
                                  f"has {len(members)} members")
-        if recipe["method"] == "rded":
-            members = member_names(cfg["pools"][pool])[: recipe.get("pool_size") or None] if pool else []
-            rded.check_recipe(recipe, image_size, cfg["distill"]["ipc"], members,
-                              f"distill.methods.{name}")
-    for name, recipe in cfg["distill"]["methods"].items():
-        if recipe["method"] == "import" and not recipe.get("path"):
-            raise TeddyError(f"distill.methods.{name} is an import but names no ImageFolder (key path)")
     topk = cfg["evaluate"].get("keep_topk")
     num_classes = None if topk is None else data_shape(cfg["dataset"])[0]
     if topk is not None and int(topk) > num_classes:
@@ -105,130 +95,39 @@ def check_config(cfg: dict) -> None:
             if int(e) > epochs or (snapshots and int(e) not in snapshots):
                 raise TeddyError(f"pools.{name}.epochs asks for epoch {e}, beyond the base run's snapshots "
                                  f"(base.recipe.epochs={epochs}, base.snapshot_epochs={snapshots})")
-    check_dataset_counts(cfg)  # IPC and RDED candidates against the smallest class after the split
+    smallest = check_dataset_counts(cfg)  # IPC against the smallest class after the split
+    check_methods(cfg, image_size, smallest, schema or read_schema())
 
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+def check_methods(cfg: dict, image_size: int, smallest: tuple | None, schema: dict) -> None:
+    """Each recipe against its method's entry (teddy.methods.registry.Method): the recipe keys
+    every method shares (the schema's distill.methods) plus the method's own `recipe_keys`, none
+    other; then the method's own `check`."""
+    shared = schema["properties"]["distill"]["properties"]["methods"]["additionalProperties"]["properties"]
+    for name, recipe in cfg["distill"]["methods"].items():
+        key = f"distill.methods.{name}"
+        method = METHODS.lookup(recipe["method"], key=f"{key}.method")
+        recipe_schema = {"type": "object", "additionalProperties": False,
+                         "properties": {**shared, **method.recipe_keys}, "definitions": schema["definitions"]}
+        errors = sorted(Draft202012Validator(recipe_schema).iter_errors(recipe), key=lambda e: list(e.absolute_path))
+        if errors:
+            e = errors[0]
+            where = ".".join([key, *(str(k) for k in e.absolute_path)])
+            raise TeddyError(f"config key {where}: {e.message} (method {recipe['method']} reads: "
+                             f"{', '.join(sorted(method.recipe_keys))})")
+        if method.check is not None:
+            pool = recipe.get("pool")
+            members = member_names(cfg["pools"][pool])[: recipe.get("pool_size") or None] if pool else None
+            ipcs = tuple(int(i) for i in recipe.get("ipc") or cfg["distill"]["ipc"])
+            method.check(recipe, RecipeContext(key, image_size, ipcs, members, *(smallest or (None, ""))))
 
 
 def recipe_epochs(recipe: dict, where: str) -> int:
-    """The epochs a training recipe runs (teddy.train.trained_epochs), its error naming the key."""
+    """The epochs a training recipe runs (teddy.recipes.trained_epochs), its error naming the key."""
     try:
         return trained_epochs(recipe)
     except TeddyError as e:
         raise TeddyError(f"{where}: {e}") from None
-
-
-def key_path(path) -> str:
-    return ".".join(str(k) for k in path) or "(top level)"
-
-
-def check_finite(value, path=()) -> None:
-    """Refuse NaN and infinities anywhere (YAML's .nan/.inf), naming the key."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise TeddyError(f"config key {key_path(path)} is {value}: numbers must be finite")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            check_finite(v, (*path, k))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            check_finite(v, (*path, i))
-
-
-def _validator_filling_defaults(schema: dict):
-    """A Draft 2020-12 validator that writes each property's `default` where the key is absent
-    (jsonschema FAQ); nested sections are filled once they exist."""
-    from jsonschema import Draft202012Validator, validators
-
-    validate_properties = Draft202012Validator.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub:
-                    instance.setdefault(name, _copy(sub["default"]))
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return validators.extend(Draft202012Validator, {"properties": set_defaults})(schema)
-
-
-def _copy(value):
-    import copy
-
-    return copy.deepcopy(value)
-
-
-_SCALARS = {"null": (type(None),), "boolean": (bool,), "integer": (int,), "number": (int, float)}
-
-
-def _parse_scalar(text: str, types) -> object:
-    """`text` as the first of `types` (JSON Schema names) it spells, else unchanged."""
-    word = text.strip()
-    for kind in ("null", "boolean", "integer", "number"):
-        if kind not in types:
-            continue
-        if kind == "null" and word in ("null", "Null", "NULL", "~"):
-            return None
-        if kind == "boolean" and word.lower() in ("true", "false"):
-            return word.lower() == "true"
-        if kind == "integer" and re.fullmatch(r"[-+]?\d+", word):
-            return int(word)
-        if kind == "number":
-            try:
-                return float(word)
-            except ValueError:
-                pass
-    return text
-
-
-def coerce_strings(value, schema: dict, root: dict | None = None):
-    """Snakemake's --config reads the values inside a dict as strings (`--config
-    'dataset={root: d, download: true}'` gives download 'true'): each string where the schema asks
-    for a boolean, integer, number or null (and not a string) becomes one if it spells one.
-    Returns the value; dicts and lists are changed in place."""
-    root = root or schema
-    while isinstance(schema, dict) and "$ref" in schema:  # local references only: #/definitions/<name>
-        target = root
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            target = target.get(part, {})
-        schema = target
-    if not isinstance(schema, dict):
-        return value
-    if isinstance(value, str):
-        types = schema.get("type")
-        types = [types] if isinstance(types, str) else list(types or [])
-        if not types and "enum" in schema:
-            types = [k for k, t in _SCALARS.items() if any(type(v) in t for v in schema["enum"])]
-        if "string" in types or not any(t in _SCALARS for t in types):
-            return value
-        return _parse_scalar(value, types)
-    if isinstance(value, dict):
-        properties, extra = schema.get("properties") or {}, schema.get("additionalProperties")
-        for key, item in value.items():
-            sub = properties.get(key, extra if isinstance(extra, dict) else None)
-            if sub is not None:
-                value[key] = coerce_strings(item, sub, root)
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        value[:] = [coerce_strings(item, schema["items"], root) for item in value]
-    return value
-
-
-def read_schema(schema_path=None) -> dict:
-    """The config schema (workflow/schemas/config.schema.yaml unless another file is named)."""
-    return yaml.safe_load(Path(schema_path or SCHEMA).read_text())
-
-
-def validate_schema(cfg: dict, schema_path=None) -> dict:
-    """Validate in place against the schema, filling in its defaults; one-line TeddyError."""
-    return _validate(cfg, read_schema(schema_path))
-
-
-def _validate(cfg: dict, schema: dict) -> dict:
-    errors = sorted(_validator_filling_defaults(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        raise TeddyError(f"config key {key_path(e.absolute_path)}: {e.message}")
-    return cfg
 
 
 def fill_derived_defaults(cfg: dict) -> None:
@@ -244,11 +143,12 @@ def fill_defaults(cfg: dict, schema_path=None) -> dict:
         cfg.setdefault(section, {})
     cfg.setdefault("results_dir", "results")
     schema = read_schema(schema_path)
-    for _ in _validator_filling_defaults(schema).iter_errors(cfg):
+    for _ in validator_filling_defaults(schema).iter_errors(cfg):
         pass
     cfg["dataset"].setdefault("num_workers", 0)
     cfg["dataset"].setdefault("root", ".")
     fill_derived_defaults(cfg)
+    load_plugins(cfg.get("plugins"))
     return cfg
 
 
@@ -260,7 +160,8 @@ def load_config(cfg: dict, schema_path=None) -> dict:
     schema = read_schema(schema_path)  # read once: the coercion and the validation share it
     coerce_strings(cfg, schema)
     check_finite(cfg)
-    _validate(cfg, schema)
+    validate(cfg, schema)
     fill_derived_defaults(cfg)
-    check_config(cfg)
+    load_plugins(cfg["plugins"])  # before the checks: they may register methods, models, datasets
+    check_config(cfg, schema)
     return cfg

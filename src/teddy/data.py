@@ -41,20 +41,6 @@ class DatasetInfo:
     std: tuple
 
 
-def dataset_info(dataset: str | dict) -> DatasetInfo:
-    """The dataset's facts: teddy.datasets.dataset_info (kept here for its many callers)."""
-    from teddy.datasets import dataset_info as info
-
-    return info(dataset)
-
-
-def load_split(dataset_cfg: dict, split: str):
-    """The `train`, `val` (held out of train), `train_full` or `test` split: teddy.datasets.load_split."""
-    from teddy.datasets import load_split as load
-
-    return load(dataset_cfg, split)
-
-
 # --- datasets --------------------------------------------------------------------------
 
 class TensorImageDataset(Dataset):

@@ -33,12 +33,11 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from teddy.data import DatasetInfo, FolderSubset
+from teddy.dataset_specs import dataset_spec
 from teddy.errors import TeddyError
 
 
 def _spec(dataset_cfg: dict):
-    from teddy.datasets import dataset_spec  # the registry imports this module
-
     return dataset_spec(dataset_cfg["name"])
 
 

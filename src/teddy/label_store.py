@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from teddy.errors import TeddyError
 from teddy.io import load_json, load_torch, save_json, save_torch
+from teddy.recipes import autocast_for, compiled, trained_epochs
 from teddy.student_data import StudentData, plan_epoch
 
 # 3: streamed PNG sets are cropped like in-memory ones (roi_align): older stores of them no longer match
@@ -65,8 +66,6 @@ def epoch_path(store_dir, epoch: int) -> Path:
 
 def store_settings(recipe: dict, seed: int, chunks: int, num_images: int, num_classes: int, keep_topk: int) -> dict:
     """What a store must share with the student run that reads it (the epochs it trains)."""
-    from teddy.train import trained_epochs
-
     return {"seed": int(seed), "epochs": trained_epochs(recipe), "batch_size": int(recipe["batch_size"]),
             "augment": dict(recipe.get("augment") or {}), "chunks": int(chunks), "num_images": int(num_images),
             "num_classes": int(num_classes), "keep_topk": int(keep_topk)}
@@ -84,8 +83,6 @@ def write_label_store(meta_path, dataset, teacher: nn.Module, recipe: dict, seed
         raise TeddyError(f"evaluate.keep_topk={keep_topk} exceeds the {num_classes} classes")
     store_dir = Path(meta_path).parent
     settings = store_settings(recipe, seed, chunks, len(dataset), num_classes, keep_topk)
-    from teddy.train import autocast_for, compiled
-
     teacher = teacher.to(device).eval()
     # as the online-KD student runs its teacher: channels-last, bf16 autocast, compiled (CUDA only)
     channels_last = device.type == "cuda" and bool(recipe.get("channels_last"))

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
 from teddy.errors import TeddyError
+from teddy.registry import Registry
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
-# smallest input side each architecture supports (its last feature map keeps >= 1 pixel), as a
-# number or a function of the constructor options
-MIN_IMAGE_SIZE: dict[str, int | Callable[..., int]] = {}
+
+@dataclass(frozen=True)
+class Architecture:
+    build: Callable[..., nn.Module]  # build(num_classes=, in_channels=, image_size=, **options)
+    # smallest input side it supports (its last feature map keeps >= 1 pixel), as a number or a
+    # function of the constructor options
+    min_image_size: int | Callable[..., int] = 1
+
+
+MODELS = Registry("architecture", "base.arch / evaluate.students")
 
 
 def register(name: str, min_image_size: int | Callable[..., int] = 1):
     def wrap(fn):
-        MODELS[name] = fn
-        MIN_IMAGE_SIZE[name] = min_image_size
+        MODELS.register(name, Architecture(fn, min_image_size))
         return fn
     return wrap
 
 
 def min_image_size(name: str, **options) -> int:
-    size = MIN_IMAGE_SIZE.get(name, 1)
+    size = MODELS[name].min_image_size
     return int(size(**options) if callable(size) else size)
 
 
@@ -39,14 +47,13 @@ def check_image_size(name: str, image_size: int, **options) -> None:
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
-    if name not in MODELS:
-        raise TeddyError(f"unknown architecture '{name}'; registered: {sorted(MODELS)}")
+    architecture = MODELS[name]  # an unknown name: one line listing the registered ones
     try:
         check_image_size(name, image_size, **kwargs)
     except TypeError as exc:
         raise TeddyError(f"bad options for architecture '{name}': {exc}") from None
     try:
-        return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+        return architecture.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     except TypeError as exc:
         raise TeddyError(f"bad options for architecture '{name}': {exc}") from None
 
@@ -152,8 +159,11 @@ def arch_spec(cfg: dict, arch: str) -> dict:
     return {"arch": arch, **(cfg.get("arch_options") or {}).get(arch, {})}
 
 
-def model_from_spec(spec: dict, info) -> nn.Module:
-    """Build from a config entry {arch: name, options...} and a DatasetInfo."""
+def model_from_spec(spec: dict, info, seed: int | None = None) -> nn.Module:
+    """Build from a config entry {arch: name, options...} and a DatasetInfo; `seed` fixes the
+    initial weights (they are part of what a seed controls)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     spec = dict(spec)
     name = spec.pop("arch")
     return build_model(name, num_classes=info.num_classes, in_channels=info.channels,

@@ -3,8 +3,10 @@ members, manifest, sampling policies."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import io as _io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,10 +18,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from teddy.augment import augment
 from teddy.data import stack_items
+from teddy.datasets import dataset_info, load_split
 from teddy.errors import TeddyError
 from teddy.io import load_torch, save_text, save_torch
-from teddy.models import count_parameters
-from teddy.train import make_optimizer
+from teddy.machine import Machine, dataset_cfg, resolve_device
+from teddy.models import count_parameters, model_from_spec
+from teddy.recipes import make_optimizer, trained_epochs
+from teddy.train import fit
 
 MANIFEST_COLUMNS = ["member", "generator", "made_from", "finetune_epochs", "test_accuracy", "parameters", "flops"]
 
@@ -252,3 +257,37 @@ class FreshModelPool:
             loss.backward()
             optimizer.step()
         return freeze(model)
+
+
+def finetune_recipe(pool: dict, base_recipe: dict) -> dict:
+    """`pools.<name>.finetune`, else one epoch of the base recipe without warm-up."""
+    recipe = pool.get("finetune") or {**base_recipe, "epochs": 1, "warmup_epochs": 0}
+    return {"eval_every": 0, **recipe}
+
+
+def train_snapshots(settings: dict, machine: Machine, recipe: dict, wanted_epochs, snapshot_dir, checkpoint,
+                    desc: str):
+    """Train settings' model from scratch on the real training set with `recipe`, keeping a
+    snapshot of each wanted epoch (all when None, none when empty); returns (model, history, snapshots, seconds).
+    The base run (train_base) and a prior pool's own run (train_prior) both train this way."""
+    data = dataset_cfg(settings, machine)
+    device = resolve_device(machine.device)
+    train_set, val_set = load_split(data, "train"), load_split(data, "val")
+    seed = int(settings["base"]["seed"])
+    info = dataset_info(data)
+    model = model_from_spec(settings["model"], info, seed=seed)
+    recipe = {"eval_every": 1, **recipe}
+    wanted = set(range(1, trained_epochs(recipe) + 1) if wanted_epochs is None else wanted_epochs)
+    snapshot_dir = Path(snapshot_dir)
+
+    def keep_snapshot(epoch, model, metrics):
+        if epoch in wanted:
+            save_model(snapshot_dir / f"epoch{epoch}.pt", copy.deepcopy(model),
+                       {"epoch": epoch, "val_accuracy": metrics.get("eval_accuracy")})
+
+    t0 = time.perf_counter()
+    history = fit(model, train_set, recipe, device, seed=seed, eval_set=val_set,
+                          on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=desc, info=info)
+    snapshots = {str(h["epoch"]): {"path": str(snapshot_dir / f"epoch{h['epoch']}.pt"),
+                                   "val_accuracy": h["eval_accuracy"]} for h in history if h["epoch"] in wanted}
+    return model, history, snapshots, time.perf_counter() - t0

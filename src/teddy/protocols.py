@@ -19,9 +19,9 @@ import yaml
 
 from teddy.errors import TeddyError
 from teddy.models import MODELS, arch_spec, check_image_size
+from teddy.schema import key_path, read_schema, validator_filling_defaults
 
 PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "config" / "protocols"
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def protocols_dir(cfg: dict | None = None) -> Path:
@@ -35,21 +35,18 @@ def known_protocols(folder=PROTOCOLS_DIR) -> list[str]:
 @functools.lru_cache(maxsize=None)
 def _read(path: str, version: tuple) -> dict:
     """One protocol file, validated with the schema's defaults filled in (cached per version)."""
-    from teddy.config import _validator_filling_defaults
-
     try:
         protocol = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise TeddyError(f"unreadable protocol file {path}: {exc}") from None
     if not isinstance(protocol, dict):
         raise TeddyError(f"protocol file {path}: expected a mapping of keys, got {type(protocol).__name__}")
-    schema = yaml.safe_load(SCHEMA.read_text())
-    validator = _validator_filling_defaults({"$ref": "#/definitions/protocol", "definitions": schema["definitions"]})
+    schema = read_schema()
+    validator = validator_filling_defaults({"$ref": "#/definitions/protocol", "definitions": schema["definitions"]})
     errors = sorted(validator.iter_errors(protocol), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
-        key = ".".join(str(k) for k in e.absolute_path) or "(top level)"
-        raise TeddyError(f"protocol file {path}: key {key}: {e.message}")
+        raise TeddyError(f"protocol file {path}: key {key_path(e.absolute_path)}: {e.message}")
     if protocol["name"] != Path(path).stem:
         raise TeddyError(f"protocol file {path}: key name is '{protocol['name']}', expected the file's stem "
                          f"'{Path(path).stem}'")

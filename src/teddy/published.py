@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from teddy.errors import TeddyError
+from teddy.protocols import PROTOCOLS_DIR, known_protocols
 
 COLUMNS = ["dataset", "method", "ipc", "student", "labels", "protocol", "norm", "top1", "std", "source"]
 LABELS = ("soft", "hard")
@@ -33,8 +34,6 @@ PEER_PROTOCOLS = ("gvbsm", "mtt", "cim")
 def row_protocols(protocol_dir=None) -> tuple[str, ...]:
     """The protocol names a published row may carry (besides `unstated`): the protocol files of
     `protocol_dir` (default the repository's config/protocols/) plus PEER_PROTOCOLS."""
-    from teddy.protocols import PROTOCOLS_DIR, known_protocols
-
     stems = known_protocols(protocol_dir or PROTOCOLS_DIR)
     return tuple(stems) + tuple(p for p in PEER_PROTOCOLS if p not in stems)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from teddy.errors import TeddyError
-from teddy.shards import method_eval_seeds, method_ipcs
+from teddy.jobs import method_eval_seeds, method_ipcs
 
 CEILING_NAME = "ceiling (whole train set)"
 KIND_ORDER = {"ceiling": 0, "measured": 1, "published": 2, "unmatched": 3}

@@ -13,7 +13,8 @@ import torch
 
 from teddy.efficiency import gpu_memory_line
 from teddy.errors import TeddyError
-from teddy.stages.common import job_machine
+from teddy.machine import job_machine
+from teddy.plugins import load_plugins
 
 
 @contextmanager
@@ -33,6 +34,7 @@ def stage(snakemake):
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     machine = getattr(getattr(snakemake, "params", None), "machine", None)
     try:
+        load_plugins((getattr(snakemake, "config", None) or {}).get("plugins"))  # what the config's files register
         yield job_machine(machine, threads, cpus if isinstance(cpus, int) else None) if machine is not None else None
         if gpu_memory_line():  # the job's own record of its peak GPU memory (efficiency table)
             print(gpu_memory_line(), file=sys.stderr)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from teddy.data import TensorImageDataset
+from teddy.distilled_set import PngSetDataset, _read_pixels, check_set, from_uint8, load_set_tensors, read_set
 from teddy.errors import TeddyError
 
 MIX_NONE, MIX_CUTMIX, MIX_MIXUP = 0, 1, 2
@@ -507,8 +508,6 @@ class PixelSet(Dataset):
         return len(self.targets)
 
     def __getitem__(self, i):
-        from teddy.distilled_set import from_uint8
-
         return from_uint8(self.pixels[i:i + 1], self.mean, self.std)[0], self.targets[i]
 
 
@@ -522,15 +521,11 @@ class _PngPixels(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        from teddy.distilled_set import _read_pixels
-
         path, label = self.files[int(i)]
         return _read_pixels(path, int(self.meta["channels"]), int(self.meta["image_size"])), int(label)
 
 
 def _is_png_set(dataset) -> bool:
-    from teddy.distilled_set import PngSetDataset
-
     return isinstance(dataset, PngSetDataset)
 
 
@@ -734,8 +729,6 @@ def student_set_placement(pixel_bytes: int, device: torch.device | None, in_memo
 def load_set_pixels(set_meta, device: torch.device, num_workers: int = 0) -> tuple[PixelSet, dict]:
     """A PNG set decoded once (by `num_workers` DataLoader workers) into a PixelSet on `device`,
     written batch by batch into one preallocated uint8 tensor there."""
-    from teddy.distilled_set import read_set
-
     meta, png_set = read_set(set_meta)
     channels, size = int(meta["channels"]), int(meta["image_size"])
     pixels = torch.empty(len(png_set), channels, size, size, dtype=torch.uint8, device=device)
@@ -757,8 +750,6 @@ def load_student_set(set_meta, in_memory_max_mb: float = 1024, num_workers: int 
     fits in `in_memory_max_mb`; else read lazily by `num_workers` DataLoader workers, so a job's
     memory is bounded by batch and workers rather than by the set. Every placement gives the
     same batches for the same plan."""
-    from teddy.distilled_set import check_set, load_set_tensors, read_set
-
     meta = check_set(set_meta)
     n = sum(int(c) for c in meta["counts"])
     pixel_bytes = n * int(meta["channels"]) * int(meta["image_size"]) ** 2

@@ -11,8 +11,9 @@ from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
 from teddy.protocols import cells, config_protocols, teacher_archs
 from teddy.published import published_files
-from teddy.shards import eval_cell, eval_result_path, method_eval_seeds, method_ipcs, shard_count
-from teddy.stages import machine_from_config, stage
+from teddy.jobs import eval_cell, eval_result_path, method_eval_seeds, method_ipcs, shard_count
+from teddy.stages import stage
+from teddy.machine import machine_from_config
 
 # schema validation with its defaults filled in, then the semantic checks (teddy.config)
 try:

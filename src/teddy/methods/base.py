@@ -42,9 +42,9 @@ from teddy.augment import apply_augment, pixel_bounds, sample_augment_params
 from teddy.data import DatasetInfo, class_indices, draw_indices, stack_items
 from teddy.errors import TeddyError
 from teddy.pool import WeakPool
-from teddy.shards import batch_plan, batch_seed
+from teddy.recipes import autocast_for
 from teddy.resume import Resumable
-from teddy.train import autocast_for
+from teddy.shards import batch_plan, batch_seed
 
 
 @dataclass
@@ -109,6 +109,16 @@ def select_real(task: DistillTask, generator: torch.Generator) -> tuple[torch.Te
 # stack: synthetic batches of a job optimised together (a speed knob: the set does not depend on it)
 HARNESS_DEFAULTS = {"iterations": 1000, "lr": 0.1, "betas": [0.5, 0.9], "batch_size": 100, "init": "real",
                     "stack": 1}
+
+# the recipe keys of every method that runs through run_batches (its schema)
+HARNESS_KEYS = {
+    "iterations": {"type": "integer", "minimum": 1},
+    "batch_size": {"type": "integer", "minimum": 1},
+    "lr": {"type": "number", "exclusiveMinimum": 0},
+    "betas": {"type": "array", "items": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}, "minItems": 2, "maxItems": 2, "description": "Adam betas on the pixels (default 0.5, 0.9)"},
+    "init": {"enum": ["real", "noise"]},
+    "augment": {"$ref": "#/definitions/augment"},
+}
 
 LossFn = Callable[[torch.nn.Module | None, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict]]
 # loss_fn.stacked(model, xs, ys, iteration) -> [(loss_k, parts_k)]: the losses of several batches

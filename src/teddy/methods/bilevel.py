@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 from teddy.data import stack_items
 from teddy.errors import TeddyError
-from teddy.methods.base import HARNESS_DEFAULTS, Distilled, DistillTask, run_batches
+from teddy.methods.base import HARNESS_DEFAULTS, HARNESS_KEYS, Distilled, DistillTask, run_batches
 from teddy.methods.registry import register_method
 from teddy.models import build_model
 
@@ -67,7 +67,16 @@ def bilevel_loss_fn(task: DistillTask):
 
 
 # each synthetic batch is optimised on its own, its inner model trained on that batch
-@register_method("bilevel", per_batch=True, defaults={**HARNESS_DEFAULTS, **DEFAULTS})
+# the recipe keys only bilevel reads (its part of the config schema)
+RECIPE_KEYS = {
+    "unroll_steps": {"type": "integer", "minimum": 1, "description": "bilevel: inner SGD steps K (default 10)"},
+    "inner_lr": {"type": "number", "exclusiveMinimum": 0, "description": "bilevel: inner SGD learning rate (default 0.01)"},
+    "inner_arch": {"type": "string", "description": "bilevel: architecture trained in the inner loop (default convnet)"},
+    "inner_arch_options": {"type": "object", "description": "bilevel: constructor options of inner_arch"},
+    "real_batch_size": {"type": "integer", "minimum": 1, "description": "bilevel: real images in the outer loss (default 256)"},
+}
+
+@register_method("bilevel", recipe_keys={**HARNESS_KEYS, **RECIPE_KEYS}, per_batch=True, defaults={**HARNESS_DEFAULTS, **DEFAULTS})
 def distill(task: DistillTask) -> Distilled:
     loss_fn = bilevel_loss_fn(task)  # checks the recipe before any work
     return run_batches(task, loss_fn, desc=f"bilevel-K{task.recipe['unroll_steps']} ipc{task.ipc}")

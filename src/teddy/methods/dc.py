@@ -96,7 +96,23 @@ def dc_work(recipe: dict, ipc: int, classes: int) -> float:
     return matching + (outer - 1) * inner * classes * ipc
 
 
-@register_method("dc", per_batch=False, work=dc_work, defaults={
+# the recipe keys only dc reads (its part of the config schema)
+RECIPE_KEYS = {
+    "iterations": {"type": "integer", "minimum": 1},
+    "lr": {"type": "number", "exclusiveMinimum": 0},
+    "init": {"enum": ["real", "noise"]},
+    "momentum": {"type": "number", "minimum": 0, "description": "dc: SGD momentum on the images (default 0.5; lr is the image lr, default 0.1)"},
+    "lr_net": {"type": "number", "exclusiveMinimum": 0, "description": "dc: SGD lr of the matching network trained on the synthetic set (default 0.01)"},
+    "net_momentum": {"type": "number", "minimum": 0, "description": "dc: SGD momentum of the matching network (default 0.5)"},
+    "batch_real": {"type": "integer", "minimum": 1, "description": "dc: real images per class for each real gradient (default 256)"},
+    "batch_train": {"type": "integer", "minimum": 1, "description": "dc: batch of the network's training on the synthetic set (default 256)"},
+    "outer_loop": {"type": ["integer", "null"], "minimum": 1, "description": "dc: matching steps per network (null: DC's get_loops for the IPC)"},
+    "inner_loop": {"type": ["integer", "null"], "minimum": 0, "description": "dc: epochs on the synthetic set between matching steps (null: DC's get_loops)"},
+    "matching_arch": {"type": "string", "description": "dc: the matching network's architecture (default convnet)"},
+    "matching_arch_options": {"type": "object", "description": "dc: its constructor options (default DC's ConvNet-3-128, instance norm, 28 px padded to 32)"},
+}
+
+@register_method("dc", recipe_keys=RECIPE_KEYS, per_batch=False, work=dc_work, defaults={
     "iterations": 1000, "lr": 0.1, "momentum": 0.5, "lr_net": 0.01, "net_momentum": 0.5, "batch_real": 256,
     "batch_train": 256, "init": "noise", "outer_loop": None, "inner_loop": None, "matching_arch": "convnet",
     "matching_arch_options": {"depth": 3, "width": 128, "norm": "instance", "mnist_padding": True},

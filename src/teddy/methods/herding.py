@@ -53,7 +53,12 @@ def herd(features: torch.Tensor, count: int) -> list[int]:
     return chosen
 
 
-@register_method("herding", per_batch=False, defaults={"herding_candidates": None})
+# the recipe keys only herding reads (its part of the config schema)
+RECIPE_KEYS = {
+    "herding_candidates": {"type": ["integer", "null"], "minimum": 1, "description": "herding: random real candidates per class (null: all)"},
+}
+
+@register_method("herding", recipe_keys=RECIPE_KEYS, per_batch=False, defaults={"herding_candidates": None})
 def distill(task: DistillTask) -> Distilled:
     per_class = real_indices_per_class(task)
     model = single_pool_model(task, "herding")

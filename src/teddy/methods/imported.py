@@ -15,8 +15,17 @@ from teddy.errors import TeddyError
 from teddy.methods.base import Distilled, DistillTask
 from teddy.methods.registry import register_method
 
+# the recipe keys only import reads (its part of the config schema)
+RECIPE_KEYS = {
+    "path": {"type": "string", "description": "import: an ImageFolder of distilled images made elsewhere (class folders in sorted order = class index)"},
+}
 
-@register_method("import", per_batch=False)
+def check_config(recipe: dict, ctx) -> None:
+    if not recipe.get("path"):
+        raise TeddyError(f"{ctx.key} is an import but names no ImageFolder (key path)")
+
+
+@register_method("import", recipe_keys=RECIPE_KEYS, check=check_config, per_batch=False)
 def distill(task: DistillTask) -> Distilled:
     from torchvision import datasets, transforms
 

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from teddy.data import TensorImageDataset, batches, draw_indices
 from teddy.errors import TeddyError
 from teddy.methods.base import Distilled, DistillTask, real_indices_per_class
-from teddy.methods.registry import full_recipe, register_method
+from teddy.methods.registry import RecipeContext, full_recipe, register_method
 
 # the peers' settings (LINs-lab/RDED argument.py and scripts/*.sh), registered below
 DEFAULTS = {"factor": 1, "crops_per_image": 5, "candidates_per_class": 300, "crop_scale": [0.08, 1.0],
@@ -79,6 +79,21 @@ def check_recipe(recipe: dict, image_size: int, ipcs, pool_members: list[str] | 
         if cap is not None and int(cap) < int(ipc) * factor ** 2:
             raise TeddyError(f"{key}.candidates_per_class={cap} is below IPC x factor^2 = {int(ipc) * factor ** 2} "
                              f"(one patch per source image)")
+
+
+def check_config(recipe: dict, ctx: RecipeContext) -> None:
+    """At config load: check_recipe, then the candidates and the distinct images per class that
+    IPC x factor^2 patches need, against the smallest class after the validation split."""
+    check_recipe(recipe, ctx.image_size, ctx.ipcs, ctx.pool_members if ctx.pool_members is not None else [], ctx.key)
+    if ctx.smallest_class is None:
+        return
+    full = full_recipe(recipe, "rded")
+    cap, factor = full.get("candidates_per_class"), int(full.get("factor", 1))
+    if cap is not None and int(cap) > ctx.smallest_class:
+        raise TeddyError(f"{ctx.key}.candidates_per_class={cap} is above {ctx.where}")
+    needed = max(int(i) for i in ctx.ipcs) * factor ** 2
+    if needed > ctx.smallest_class:
+        raise TeddyError(f"{ctx.key} needs IPC x factor^2 = {needed} distinct images per class, above {ctx.where}")
 
 
 def observer_model(task: DistillTask) -> torch.nn.Module:
@@ -166,7 +181,17 @@ def class_batches(real, chosen: list[torch.Tensor], device: torch.device):
         yield x.to(device, non_blocking=True)
 
 
-@register_method("rded", per_batch=False, defaults=DEFAULTS)
+# the recipe keys only rded reads (its part of the config schema)
+RECIPE_KEYS = {
+    "observer": {"type": "string", "description": "rded: the pool member that scores crops (default: the pool's only member, e.g. base of a single pool)"},
+    "factor": {"type": "integer", "minimum": 1, "description": "rded: patches per side of a synthetic image (default 1; must divide the image size)"},
+    "crops_per_image": {"type": "integer", "minimum": 1, "description": "rded: random crops scored per real image (default 5)"},
+    "candidates_per_class": {"type": ["integer", "null"], "minimum": 1, "description": "rded: random real images per class whose crops are scored (default 300; null: all)"},
+    "crop_scale": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "minItems": 2, "maxItems": 2, "description": "rded: area fraction range of the random-resized crops (default 0.08, 1.0)"},
+    "batch_size": {"type": "integer", "minimum": 1},
+}
+
+@register_method("rded", recipe_keys=RECIPE_KEYS, check=check_config, per_batch=False, defaults=DEFAULTS)
 def distill(task: DistillTask) -> Distilled:
     s = task.recipe
     observer = observer_model(task)

@@ -1,12 +1,27 @@
-"""The method registry (like `teddy.models`' model registry): each method module registers its
-`distill(task)` with `@register_method(name, per_batch=..., defaults={...})`."""
+"""The method registry (teddy.registry.Registry): each method module registers its
+`distill(task)` with `@register_method(name, per_batch=..., defaults={...}, recipe_keys={...})`.
+
+A method's entry carries everything the rest of the package needs to know about it: its recipe
+defaults, the JSON-schema of its own recipe keys (the config loader validates each recipe against
+the keys every method shares plus these), its own config-time checks, and its cost per iteration."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from teddy.errors import TeddyError
+from teddy.registry import Registry
+
+
+@dataclass(frozen=True)
+class RecipeContext:
+    """What a method's config-time check may need beyond its recipe (teddy.config builds it)."""
+    key: str                        # where the recipe sits, e.g. "distill.methods.rded"
+    image_size: int
+    ipcs: tuple                     # the IPCs this recipe is run at
+    pool_members: list | None       # the members of the recipe's pool (None: it names no pool)
+    smallest_class: int | None      # training images of the smallest class after the split (None: unknown)
+    where: str = ""                 # those images, in words, for the errors
 
 
 @dataclass(frozen=True)
@@ -18,30 +33,32 @@ class Method:
     # image passes of one iteration, work(full_recipe, ipc, classes), for costing its jobs;
     # None: one pass over the job's synthetic images
     work: Callable | None = None
+    # JSON-schema properties of the recipe keys only this method reads (the shared ones are in
+    # workflow/schemas/config.schema.yaml, distill.methods)
+    recipe_keys: dict = field(default_factory=dict)
+    # check(recipe, RecipeContext) -> None, raising TeddyError: what the schema cannot say
+    check: Callable | None = None
 
 
-# method name -> Method; `name in METHODS` and `sorted(METHODS)` are the known names
-METHODS: dict[str, Method] = {}
+METHODS = Registry("distillation method", "distill.methods.*.method")
 
 
-def register_method(name: str, per_batch: bool = False, defaults: dict | None = None, work: Callable | None = None):
+def register_method(name: str, per_batch: bool = False, defaults: dict | None = None, work: Callable | None = None,
+                    recipe_keys: dict | None = None, check: Callable | None = None):
     """Register `distill(task)` as method `name`. `per_batch`: it optimises (or selects) batch by
     batch through `base.run_batches` (honours `task.batches` and `task.on_batch`), so its set can
     be split into shards; otherwise it is set-level and runs as one shard. `defaults`: the recipe
     values it uses when the recipe leaves them out (`full_recipe`). `work`: the image passes of one
-    iteration, for a method that reads more than its synthetic images (costing its jobs)."""
+    iteration, for a method that reads more than its synthetic images (costing its jobs).
+    `recipe_keys`: the schema of its own recipe keys; `check(recipe, context)`: its config checks."""
     def wrap(fn):
-        if name in METHODS:
-            raise ValueError(f"distillation method '{name}' registered twice")
-        METHODS[name] = Method(name, fn, bool(per_batch), dict(defaults or {}), work)
+        METHODS.register(name, Method(name, fn, bool(per_batch), dict(defaults or {}), work,
+                                      dict(recipe_keys or {}), check))
         return fn
     return wrap
 
 
 def lookup(name: str) -> Method:
-    if name not in METHODS:
-        raise TeddyError(f"unknown distillation method '{name}' (config key distill.methods.*.method); "
-                         f"known: {sorted(METHODS)}")
     return METHODS[name]
 
 

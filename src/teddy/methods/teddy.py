@@ -34,9 +34,8 @@ from teddy.data import class_indices, draw_indices, stack_items
 from teddy.errors import TeddyError
 from teddy.io import load_torch, save_torch
 from teddy.losses import bn_statistics_loss, bn_statistics_losses, gradient_distance
-from teddy.methods.base import HARNESS_DEFAULTS, Distilled, DistillTask, run_batches
+from teddy.methods.base import HARNESS_DEFAULTS, HARNESS_KEYS, Distilled, DistillTask, run_batches
 from teddy.methods.registry import register_method
-
 
 # teddy's own recipe defaults (registered with the harness's below)
 DEFAULTS = {"matching": "statistics", "alpha": 1.0, "first_bn_weight": 10.0, "ce_weight": 1.0,
@@ -173,7 +172,17 @@ MATCHING = ("statistics", "gradient")
 
 
 # optimised batch by batch (teddy.methods.base.run_batches), so it shards
-@register_method("teddy", per_batch=True, defaults={**HARNESS_DEFAULTS, **DEFAULTS})
+# the recipe keys only teddy reads (its part of the config schema)
+RECIPE_KEYS = {
+    "matching": {"enum": ["statistics", "gradient"]},
+    "alpha": {"type": "number", "minimum": 0},
+    "first_bn_weight": {"type": "number", "minimum": 0},
+    "ce_weight": {"type": "number", "minimum": 0},
+    "real_batch_per_class": {"type": "integer", "minimum": 1, "description": "teddy gradient matching: real images per (pool member, class) gradient (default 64)"},
+    "gradient_cache": {"type": "string", "description": "teddy gradient matching: file keeping the real gradients; reused if present, must match the pool"},
+}
+
+@register_method("teddy", recipe_keys={**HARNESS_KEYS, **RECIPE_KEYS}, per_batch=True, defaults={**HARNESS_DEFAULTS, **DEFAULTS})
 def distill(task: DistillTask) -> Distilled:
     matching = task.recipe["matching"]
     if matching not in MATCHING:

@@ -10,15 +10,15 @@ from pathlib import Path
 import pandas as pd
 
 from teddy.efficiency import efficiency_table
-from teddy.io import atomic_path, save_text
+from teddy.io import atomic_path, load_json, save_text
+from teddy.machine import Machine
 from teddy.plots import accuracy_vs_ipc
-from teddy.published import load_published
-from teddy.io import load_json
 from teddy.protocols import cells, config_protocols
+from teddy.published import load_published
 from teddy.report import (accuracy_table, ceiling_table, check_cells, collect_results, paper_table, render_html,
                           render_latex, render_markdown, requested_ceiling_cells, requested_cells, run_protocols,
                           with_distill_seconds)
-from teddy.stages.common import Machine, request
+from teddy.resources import request
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:

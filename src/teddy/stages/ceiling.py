@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import time
 
-from teddy.data import dataset_info, load_split
+from teddy.datasets import dataset_info, load_split
 from teddy.efficiency import peak_gpu_memory_mb
 from teddy.errors import TeddyError
 from teddy.io import save_json
+from teddy.machine import Machine, dataset_cfg, dataset_settings, resolve_device
+from teddy.models import model_from_spec
 from teddy.protocols import load_protocol, protocols_dir, student_spec, whole_set_recipe
-from teddy.stages.common import Machine, build, dataset_cfg, dataset_settings, student_recipe_settings, \
-    training_request, train_images
-from teddy.stages.evaluate import labels_of, teachers_setting
+from teddy.recipes import trained_epochs
+from teddy.resources import train_images, training_request
 from teddy.resume import remove_checkpoint
+from teddy.student_run import labels_of, student_recipe_settings, teachers_setting
 from teddy.teachers import load_teacher
-from teddy.train import evaluate_accuracy, fit, resolve_device, targets_for, trained_epochs
+from teddy.train import evaluate_accuracy, fit, targets_for
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -50,7 +52,7 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     teacher_paths = [str(p) for p in getattr(inputs, "teacher", None) or []]
     teacher = load_teacher(teacher_paths, settings.get("teachers")) if labels == "online_kd" else None
     info = dataset_info(data)
-    model = build(settings["model"], info, seed=seed)
+    model = model_from_spec(settings["model"], info, seed=seed)
     t0 = time.perf_counter()
     fit(model, train_set, {"eval_every": 0, **settings["recipe"]}, device, seed=seed,
         targets=targets_for(teacher), checkpoint_path=checkpoint, desc=f"ceiling {arch} {protocol} seed{seed}",

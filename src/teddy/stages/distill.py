@@ -11,34 +11,17 @@ from pathlib import Path
 
 import torch
 
-from teddy.data import dataset_info, load_split
+from teddy.datasets import dataset_info, load_split
 from teddy.distilled_set import index_within_class
 from teddy.errors import TeddyError
-from teddy.methods import DistillTask, full_recipe, get_method, per_batch
-from teddy.methods.registry import lookup
-from teddy.methods.base import SyntheticBatch
-from teddy.pool import FreshModelPool, load_pool
-from teddy.shard_store import ShardWriter
-from teddy.shards import recipe_shards
-from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, images_per_s, model_spec, request,
-                                 shape)
-from teddy.stages.pool_member import finetune_recipe
+from teddy.jobs import method_recipe, recipe_shards
+from teddy.machine import Machine, dataset_cfg, dataset_settings, resolve_device
+from teddy.methods import DistillTask, SyntheticBatch, full_recipe, get_method, lookup, per_batch
+from teddy.models import arch_spec, model_from_spec
+from teddy.pool import FreshModelPool, finetune_recipe, load_pool
+from teddy.resources import images_per_s, request, shape
 from teddy.resume import remove_checkpoint
-from teddy.train import resolve_device
-
-
-# recipe keys that set how fast a set is made, not what it is (the set does not depend on them:
-# tests/test_stack.py): they reach the job through the Machine, so changing them reruns nothing
-# and a rerun shard keeps its finished batches
-SPEED_KEYS = ("stack", "compile")
-# keys of a method's entry that say which sets are made, not how: the set's seed and its IPCs; and
-# how many students evaluate them (eval_seeds)
-SET_KEYS = ("seed", "ipc", "eval_seeds")
-
-
-def method_recipe(cfg: dict, method: str) -> dict:
-    """distill.methods.<method> without its speed keys and set keys."""
-    return {k: v for k, v in cfg["distill"]["methods"][method].items() if k not in SPEED_KEYS + SET_KEYS}
+from teddy.shard_store import ShardWriter
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -50,7 +33,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
     out = {"dataset": dataset_settings(cfg), "method": method, "ipc": int(wildcards["ipc"]),
            "shard": int(wildcards["shard"]), "seed": int(seed), "recipe": recipe,
            "batches_per_shard": cfg["distill"]["batches_per_shard"], "pool_name": pool_name, "pool": pool,
-           "model": model_spec(cfg, cfg["base"]["arch"])}
+           "model": arch_spec(cfg, cfg["base"]["arch"])}
     if pool is not None and pool["generator"] == "fresh":  # the fresh models' steps follow this recipe
         out["finetune"] = finetune_recipe(pool, cfg["base"]["recipe"])
     return out
@@ -89,7 +72,7 @@ def distill_pool(settings: dict, info, real, device, pool_member_paths):
     """The models a method matches against: a fresh-model pool, the stored members, or None."""
     pool, recipe = settings["pool"], settings["recipe"]
     if pool is not None and pool["generator"] == "fresh":
-        return FreshModelPool(lambda: build(settings["model"], info), real, settings["finetune"],
+        return FreshModelPool(lambda: model_from_spec(settings["model"], info), real, settings["finetune"],
                               steps=int(pool["fresh_steps"]), device=device)
     if pool_member_paths:
         return load_pool(pool_member_paths, policy=recipe.get("sampling", "uniform"), size=recipe.get("pool_size"))

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from teddy.data import dataset_info
+from teddy.datasets import dataset_info
+from teddy.jobs import method_recipe, recipe_shards
+from teddy.machine import Machine, dataset_cfg, dataset_settings
+from teddy.resources import SAFETY, request, shape
 from teddy.shard_store import gather as gather_shards
-from teddy.stages.common import SAFETY, Machine, dataset_cfg, dataset_settings, request, shape
-from teddy.shards import recipe_shards
-from teddy.stages.distill import method_recipe
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:

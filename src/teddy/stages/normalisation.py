@@ -3,8 +3,10 @@ every image, cached as JSON; every stage that normalises images reads it."""
 
 from __future__ import annotations
 
+from teddy.image_folder import compute_normalisation
 from teddy.io import save_json
-from teddy.stages.common import Machine, dataset_cfg, dataset_settings, request
+from teddy.machine import Machine, dataset_cfg, dataset_settings
+from teddy.resources import request
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -16,8 +18,6 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
 
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
-    from teddy.image_folder import compute_normalisation
-
     stats = compute_normalisation(dataset_cfg(settings, machine))
     save_json(stats, outputs[0])
     return stats

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from teddy.machine import Machine
 from teddy.pool import load_model, write_manifest
-from teddy.stages.common import Machine, request
+from teddy.resources import request
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:

@@ -5,31 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from teddy.data import dataset_info, load_split
+from teddy.datasets import dataset_info, load_split
 from teddy.errors import TeddyError
 from teddy.io import load_json
-from teddy.pool import choose_snapshot, load_model, manifest_row, prune_channels, save_model
-from teddy.stages.common import (Machine, dataset_cfg, dataset_settings, model_spec, near_chance_warning,
-                                 training_request, train_images)
+from teddy.machine import Machine, dataset_cfg, dataset_settings, resolve_device
+from teddy.models import arch_spec
+from teddy.pool import choose_snapshot, finetune_recipe, load_model, manifest_row, prune_channels, save_model
+from teddy.recipes import trained_epochs
+from teddy.resources import train_images, training_request
 from teddy.resume import remove_checkpoint
-from teddy.train import evaluate_accuracy, fit, recalibrate_bn, resolve_device, trained_epochs
+from teddy.train import evaluate_accuracy, fit, near_chance_warning, recalibrate_bn
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
     pool = wildcards["pool"]
-    return {"dataset": dataset_settings(cfg), "base": cfg["base"], "model": model_spec(cfg, cfg["base"]["arch"]),
+    return {"dataset": dataset_settings(cfg), "base": cfg["base"], "model": arch_spec(cfg, cfg["base"]["arch"]),
             "pool": cfg["pools"][pool], "pool_name": pool, "member": str(wildcards["member"])}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
     # a snapshot copy or one fine-tuning epoch
     return training_request(settings, machine, 1, train_images(settings, machine), settings["model"]["arch"], attempt)
-
-
-def finetune_recipe(pool: dict, base_recipe: dict) -> dict:
-    """`pools.<name>.finetune`, else one epoch of the base recipe without warm-up."""
-    recipe = pool.get("finetune") or {**base_recipe, "epochs": 1, "warmup_epochs": 0}
-    return {"eval_every": 0, **recipe}
 
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:

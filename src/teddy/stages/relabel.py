@@ -3,14 +3,14 @@ every epoch of one student seed's run, one file per epoch beside meta.json (tedd
 
 from __future__ import annotations
 
-from teddy.data import dataset_info
+from teddy.datasets import dataset_info
 from teddy.label_store import STORE_FORMAT_VERSION, write_label_store
-from teddy.protocols import cell_recipe, class_batch_size, load_protocol, protocols_dir
-from teddy.stages.common import (Machine, dataset_cfg, dataset_settings, images_per_s, memory_mb, request, shape,
-                                 student_processes, student_recipe_settings)
-from teddy.student_data import load_student_set
+from teddy.machine import Machine, dataset_cfg, dataset_settings, resolve_device
+from teddy.protocols import cell_recipe, load_protocol, protocols_dir
+from teddy.recipes import trained_epochs
+from teddy.resources import images_per_s, memory_mb, request, shape
+from teddy.student_run import student_memory_mb, student_processes, student_recipe, student_recipe_settings, student_set
 from teddy.teachers import load_teacher
-from teddy.train import resolve_device, trained_epochs
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -27,36 +27,6 @@ def settings(cfg: dict, wildcards: dict) -> dict:
             "seed": int(wildcards["seed"]),
             # a store of an older format is rebuilt, not refused by evaluate
             "label_store_format": STORE_FORMAT_VERSION}
-
-
-def student_recipe(settings: dict, num_images: int, machine: Machine, num_classes: int | None = None) -> dict:
-    """The cell's recipe with its batch for this set (doubled on many classes where the protocol
-    says so, capped at the set's size) and the Machine's speed keys (shared by evaluate)."""
-    recipe = {**settings["recipe"], "compile": machine.student_compile}
-    recipe["batch_size"] = class_batch_size(recipe, num_images, num_classes or 0)
-    recipe.pop("batch_size_doubled_from_classes", None)
-    return recipe
-
-
-def student_set(machine: Machine, distilled_meta, device):
-    """The distilled set, placed on the device, in host memory or streamed (student_data)."""
-    return load_student_set(distilled_meta, machine.in_memory_max_mb, machine.student_workers, device=device,
-                            device_memory_fraction=machine.device_memory_fraction)
-
-
-def student_memory_mb(settings: dict, machine: Machine) -> float:
-    """3 GB + the set in memory (when below evaluate.in_memory_max_mb, else 0) + per worker
-    (0.5 GB + 2 prefetched micro-batches) + one stored-label epoch file (shared by evaluate)."""
-    classes, channels, size = shape(settings, machine)
-    images = int(settings["ipc"]) * classes
-    set_mb = images * channels * size ** 2 * 4 / 2**20
-    recipe = settings["recipe"]
-    in_memory = set_mb if set_mb <= machine.in_memory_max_mb else 0.0
-    micro = int(recipe["batch_size"]) / max(1, int(recipe["accumulate"]))
-    batch_mb = micro * channels * size ** 2 * 4 / 2**20
-    k = int(settings["keep_topk"] or classes)
-    epoch_labels_mb = images * (4 * k + 25) / 2**20
-    return 3000 + in_memory + machine.student_workers * (500 + 2 * batch_mb) + 4 * batch_mb + epoch_labels_mb
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:

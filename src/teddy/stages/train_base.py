@@ -3,18 +3,18 @@ each wanted epoch beside it (for a prior pool); or (base.weights) pretrained wei
 
 from __future__ import annotations
 
-import copy
-import time
 from pathlib import Path
 
-from teddy.data import dataset_info, load_split
+from teddy.datasets import dataset_info, load_split
 from teddy.io import save_json
-from teddy.pool import save_model
+from teddy.machine import Machine, dataset_cfg, dataset_settings, resolve_device
+from teddy.models import arch_spec, model_from_spec
+from teddy.pool import save_model, train_snapshots
 from teddy.pretrained import load_pretrained
-from teddy.stages.common import (Machine, build, dataset_cfg, dataset_settings, model_spec, near_chance_warning,
-                                 test_images, training_request, train_images)
+from teddy.recipes import trained_epochs
+from teddy.resources import test_images, train_images, training_request
 from teddy.resume import remove_checkpoint
-from teddy.train import evaluate_accuracy, fit, resolve_device, trained_epochs
+from teddy.train import evaluate_accuracy, near_chance_warning
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
@@ -24,7 +24,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
     arch = str(wildcards.get("arch") or base["arch"])
     if arch != base["arch"]:
         base = {**base, "arch": arch, "snapshot_epochs": []}
-    return {"dataset": dataset_settings(cfg), "base": base, "model": model_spec(cfg, arch)}
+    return {"dataset": dataset_settings(cfg), "base": base, "model": arch_spec(cfg, arch)}
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
@@ -37,34 +37,6 @@ def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dic
     return training_request(settings, machine, trained_epochs(recipe), train_images(settings, machine), arch, attempt)
 
 
-def train_snapshots(settings: dict, machine: Machine, recipe: dict, wanted_epochs, snapshot_dir, checkpoint,
-                    desc: str):
-    """Train settings' model from scratch on the real training set with `recipe`, keeping a
-    snapshot of each wanted epoch (all when None, none when empty); returns (model, history, snapshots, seconds).
-    Shared by train_prior."""
-    data = dataset_cfg(settings, machine)
-    device = resolve_device(machine.device)
-    train_set, val_set = load_split(data, "train"), load_split(data, "val")
-    seed = int(settings["base"]["seed"])
-    info = dataset_info(data)
-    model = build(settings["model"], info, seed=seed)
-    recipe = {"eval_every": 1, **recipe}
-    wanted = set(range(1, trained_epochs(recipe) + 1) if wanted_epochs is None else wanted_epochs)
-    snapshot_dir = Path(snapshot_dir)
-
-    def keep_snapshot(epoch, model, metrics):
-        if epoch in wanted:
-            save_model(snapshot_dir / f"epoch{epoch}.pt", copy.deepcopy(model),
-                       {"epoch": epoch, "val_accuracy": metrics.get("eval_accuracy")})
-
-    t0 = time.perf_counter()
-    history = fit(model, train_set, recipe, device, seed=seed, eval_set=val_set,
-                          on_epoch_end=keep_snapshot, checkpoint_path=checkpoint, desc=desc, info=info)
-    snapshots = {str(h["epoch"]): {"path": str(snapshot_dir / f"epoch{h['epoch']}.pt"),
-                                   "val_accuracy": h["eval_accuracy"]} for h in history if h["epoch"] in wanted}
-    return model, history, snapshots, time.perf_counter() - t0
-
-
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     """outputs.model, outputs.metrics; the snapshots and the checkpoint lie beside them."""
     base = settings["base"]
@@ -75,7 +47,7 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     device = resolve_device(machine.device)
     test_set = load_split(data, "test")
     if base["weights"]:
-        model = build(settings["model"], dataset_info(data), seed=int(base["seed"]))
+        model = model_from_spec(settings["model"], dataset_info(data), seed=int(base["seed"]))
         source = load_pretrained(model, arch, base["weights"], bool(base["download_weights"]))
         model.to(device)
         history, snapshots, seconds, extra = [], {}, 0.0, {"weights": source}

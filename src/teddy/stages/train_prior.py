@@ -6,15 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from teddy.io import save_json
-from teddy.stages.common import Machine, dataset_settings, model_spec, training_request, train_images
-from teddy.stages.train_base import train_snapshots
-from teddy.train import trained_epochs
+from teddy.machine import Machine, dataset_settings
+from teddy.models import arch_spec
+from teddy.pool import train_snapshots
+from teddy.recipes import trained_epochs
+from teddy.resources import train_images, training_request
 from teddy.resume import remove_checkpoint
 
 
 def settings(cfg: dict, wildcards: dict) -> dict:
     pool = wildcards["pool"]
-    return {"dataset": dataset_settings(cfg), "base": cfg["base"], "model": model_spec(cfg, cfg["base"]["arch"]),
+    return {"dataset": dataset_settings(cfg), "base": cfg["base"], "model": arch_spec(cfg, cfg["base"]["arch"]),
             "pool": cfg["pools"][pool], "pool_name": pool}
 
 
