@@ -254,3 +254,25 @@ def test_protocol_files_are_recorded_in_the_stage_settings(tmp_path):
     _write(folder, "teddy_small_kd", changed)
     after = stage("evaluate").settings(cfg, wc)
     assert before["recipe"]["lr"] == 0.01 and after["recipe"]["lr"] == 0.02
+
+
+def test_protocol_names_live_in_the_protocol_files_only():
+    """No protocol's name is written in the package's code: which protocols exist, and which come
+    nearest to which (the tables' closest_protocol), are the files' (config/protocols/, named/)."""
+    import ast
+    from pathlib import Path
+
+    from teddy.methods import METHODS
+    from teddy.protocols import PROTOCOLS_DIR, closest_protocols, known_protocols, named_protocols
+
+    names = set(known_protocols()) | set(named_protocols())
+    # the same words with another meaning: method names (dc, rded) and DSA's augmentation key
+    other_meaning = set(METHODS) | {"dsa"}
+    src = Path(__file__).resolve().parents[1] / "src" / "teddy"
+    written = [(p.name, node.lineno, node.value) for p in src.rglob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+               if isinstance(node, ast.Constant) and node.value in names - other_meaning]
+    assert written == []
+    closest = closest_protocols()
+    assert closest["mtt"] == ["dsa", "dc"] and closest["teddy_small_hard"] == ["teddy_small_kd"]
+    assert all(set(c) <= names for c in closest.values()), "a closest list names an unknown protocol"
+    assert (PROTOCOLS_DIR / "named" / "mtt.yaml").is_file()

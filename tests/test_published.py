@@ -6,7 +6,8 @@ import pytest
 from fixtures import REPO
 from teddy.errors import TeddyError
 from teddy.protocols import known_protocols as protocol_files
-from teddy.published import COLUMNS, PEER_PROTOCOLS, load_published, row_protocols
+from teddy.protocols import named_protocols
+from teddy.published import COLUMNS, load_published, row_protocols
 
 HEADER = ",".join(COLUMNS)
 PUBLISHED = REPO / "config" / "published"
@@ -27,7 +28,7 @@ def test_shipped_published_files_load_with_one_schema():
 
 def test_every_shipped_csv_loads_with_the_known_protocol_names():
     names = row_protocols()  # the shipped protocol files and the peers' we name only
-    assert set(protocol_files()) <= set(names) and set(PEER_PROTOCOLS) <= set(names)
+    assert set(protocol_files()) <= set(names) and {"mtt", "gvbsm", "cim"} <= set(named_protocols()) <= set(names)
     for path in sorted(PUBLISHED.glob("*.csv")):
         table = load_published(path)
         assert set(table["protocol"]) <= set(names) | {"unstated"}, path
@@ -78,7 +79,12 @@ def test_the_known_protocol_names_are_a_parameter(tmp_path):
     folder.mkdir()
     for name in ("dc", "my_protocol"):
         (folder / f"{name}.yaml").write_text(f"name: {name}\n")
-    assert row_protocols(folder) == ("dc", "my_protocol") + PEER_PROTOCOLS
+    # a folder of your own recipes without named/ still knows the peers' names (the repository's)
+    assert row_protocols(folder) == ("dc", "my_protocol") + tuple(named_protocols())
+    (folder / "named").mkdir()
+    (folder / "named" / "their_protocol.yaml").write_text(
+        "name: their_protocol\ndescription: a peer's\nsource: a paper\nclosest: [dc]\n")
+    assert row_protocols(folder) == ("dc", "my_protocol", "their_protocol")
     assert list(load_published(tmp_path, protocols=row_protocols(folder))["method"]) == ["x"]
 
 

@@ -58,6 +58,47 @@ def _read(path: str, version: tuple) -> dict:
     return protocol
 
 
+def named_protocols_dir(folder=PROTOCOLS_DIR) -> Path:
+    """Where the peers' protocols we name but ship no recipe for lie: `named/` of the protocols
+    folder, else the repository's (a folder of your own recipes still knows the peers' names)."""
+    own = Path(folder) / "named"
+    return own if own.is_dir() else PROTOCOLS_DIR / "named"
+
+
+@functools.lru_cache(maxsize=None)
+def _read_named(path: str, version: tuple) -> dict:
+    try:
+        entry = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise TeddyError(f"unreadable protocol file {path}: {exc}") from None
+    schema = read_schema()
+    validator = validator_filling_defaults({"$ref": "#/definitions/named_protocol", "definitions": schema["definitions"]})
+    errors = sorted(validator.iter_errors(entry), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise TeddyError(f"protocol file {path}: key {key_path(errors[0].absolute_path)}: {errors[0].message}")
+    if entry["name"] != Path(path).stem:
+        raise TeddyError(f"protocol file {path}: key name is '{entry['name']}', expected the file's stem")
+    return entry
+
+
+def named_protocols(folder=PROTOCOLS_DIR) -> dict[str, dict]:
+    """The peers' protocols published figures carry but we do not run (config/protocols/named/)."""
+    out = {}
+    for path in sorted(named_protocols_dir(folder).glob("*.yaml")):
+        stat = path.stat()
+        out[path.stem] = copy.deepcopy(_read_named(str(path), (stat.st_mtime_ns, stat.st_size)))
+    return out
+
+
+def closest_protocols(folder=PROTOCOLS_DIR) -> dict[str, list[str]]:
+    """Per protocol name (ours and the peers' named ones), its `closest` list: the protocols nearest
+    to it, in order of preference, as its file states them."""
+    out = {name: list(entry["closest"]) for name, entry in named_protocols(folder).items()}
+    for name in known_protocols(folder):
+        out[name] = list(load_protocol(name, folder)["closest"])
+    return out
+
+
 def load_protocol(name: str, folder=PROTOCOLS_DIR) -> dict:
     """The protocol `name` (a deep copy: callers may change it)."""
     path = Path(folder) / f"{name}.yaml"

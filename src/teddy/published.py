@@ -3,7 +3,7 @@
 Columns: dataset, method, ipc (empty: the whole training set), student (a name of our model
 registry where one fits), labels (soft|hard: the labels the student was trained with), protocol
 (the evaluation protocol the figure was measured under: a name of config/protocols/*.yaml, a peer
-protocol we ship by name only (PEER_PROTOCOLS), or `unstated` when the source does not state its
+protocol we name only (config/protocols/named/), or `unstated` when the source does not state its
 evaluation settings or we have not checked them), norm (the student's normalisation layers; empty
 when the source does not say), top1 and std (%, std empty when the source gives none), source.
 Lines starting with '#' are comments. A bad field stops with the file and line.
@@ -20,22 +20,20 @@ from pathlib import Path
 import pandas as pd
 
 from teddy.errors import TeddyError
-from teddy.protocols import PROTOCOLS_DIR, known_protocols
+from teddy.protocols import PROTOCOLS_DIR, known_protocols, named_protocols
 
 COLUMNS = ["dataset", "method", "ipc", "student", "labels", "protocol", "norm", "top1", "std", "source"]
 LABELS = ("soft", "hard")
 NORMS = ("batch", "instance", "layer", "group", "none")
 
 UNSTATED = "unstated"
-# peers' evaluation protocols we name (docs/method.md section 7) but ship no file for
-PEER_PROTOCOLS = ("gvbsm", "mtt", "cim")
-
-
 def row_protocols(protocol_dir=None) -> tuple[str, ...]:
     """The protocol names a published row may carry (besides `unstated`): the protocol files of
-    `protocol_dir` (default the repository's config/protocols/) plus PEER_PROTOCOLS."""
-    stems = known_protocols(protocol_dir or PROTOCOLS_DIR)
-    return tuple(stems) + tuple(p for p in PEER_PROTOCOLS if p not in stems)
+    `protocol_dir` (default the repository's config/protocols/) plus the peers' protocols we name
+    but ship no recipe for (its named/ folder: teddy.protocols.named_protocols)."""
+    folder = protocol_dir or PROTOCOLS_DIR
+    stems = known_protocols(folder)
+    return tuple(stems) + tuple(p for p in named_protocols(folder) if p not in stems)
 
 
 def published_files(path) -> list[Path]:

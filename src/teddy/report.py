@@ -15,26 +15,17 @@ import pandas as pd
 
 from teddy.errors import TeddyError
 from teddy.jobs import method_eval_seeds, method_ipcs
+from teddy.protocols import closest_protocols
 
 CEILING_NAME = "ceiling (whole train set)"
 KIND_ORDER = {"ceiling": 0, "measured": 1, "published": 2, "unmatched": 3}
 UNMATCHED_TITLE = "Published under protocols we did not run"
 
-# For the other published protocols: the protocols we run that come nearest, in order of preference.
-# dc, dc_mnist and dsa share DC's ConvNet, optimiser and schedule and differ in epochs and augmentation;
-# MTT evaluates as DSA does (with a learned lr); teddy_small_hard is teddy_small_kd with hard labels.
-CLOSEST = {
-    "dc": ("dc_mnist", "dsa"),
-    "dc_mnist": ("dc", "dsa"),
-    "dsa": ("dc", "dc_mnist"),
-    "mtt": ("dsa", "dc"),
-    "teddy_small_hard": ("teddy_small_kd",),
-}
-
-
-def closest_protocol(published_protocol: str, run_protocols, kd_protocols=(), soft: bool = False) -> str | None:
+def closest_protocol(published_protocol: str, run_protocols, kd_protocols=(), soft: bool = False,
+                     closest: dict | None = None) -> str | None:
     """The protocol we run that a published figure of `published_protocol` is best read against:
-    itself when we run it; else the first CLOSEST[published_protocol] we run; else, for a figure
+    itself when we run it; else the first of its protocol file's `closest` list we run (`closest`:
+    name -> list, default teddy.protocols.closest_protocols() of the repository's protocols); else, for a figure
     of soft-label students (`soft`) or an `unstated` protocol, the first of the KD protocols we run
     (`kd_protocols`); else the first protocol we run (None when we run none). A pointer for the
     reader, never a licence to compare the numbers."""
@@ -43,7 +34,8 @@ def closest_protocol(published_protocol: str, run_protocols, kd_protocols=(), so
         return None
     if published_protocol in run:
         return published_protocol
-    for candidate in CLOSEST.get(published_protocol, ()):
+    closest = closest_protocols() if closest is None else closest
+    for candidate in closest.get(published_protocol, ()):
         if candidate in run:
             return candidate
     if soft or published_protocol == "unstated":
@@ -174,7 +166,7 @@ def with_distill_seconds(table: pd.DataFrame, distilled_dir) -> pd.DataFrame:
 
 def paper_table(measured: pd.DataFrame, ceilings: pd.DataFrame | None = None,
                 published: pd.DataFrame | None = None, method_order=None, protocol_order=None,
-                kd_protocols=()) -> pd.DataFrame:
+                kd_protocols=(), closest: dict | None = None) -> pd.DataFrame:
     """Long form of every block: student, protocol, kind (ceiling|measured|published|unmatched),
     method, ipc, mean, std, seeds, best, whole_train_set, norm, source, distill_seconds,
     closest_protocol. Blocks are keyed by (student, protocol). Ceiling rows (same student and
@@ -184,7 +176,7 @@ def paper_table(measured: pd.DataFrame, ceilings: pd.DataFrame | None = None,
     block matches follows as kind `unmatched` (its own student, protocol and IPC, NA for the whole
     set) with `closest_protocol`, the protocol we run it is best read against (closest_protocol,
     over `protocol_order` when given, e.g. the config's run_protocols, else the measured protocols in
-    sorted order). Our methods follow `method_order` (the config's order) when given, else
+    sorted order; `closest`: each protocol's nearest ones, from the protocol files). Our methods follow `method_order` (the config's order) when given, else
     alphabetical order."""
     if measured.empty:
         raise TeddyError("no measured results to tabulate")
@@ -219,7 +211,7 @@ def paper_table(measured: pd.DataFrame, ceilings: pd.DataFrame | None = None,
                          "ipc": p.ipc, "mean": p.top1, "std": p.std, "seeds": pd.NA, "norm": p.norm,
                          "whole_train_set": pd.isna(p.ipc), "source": p.source,
                          "closest_protocol": closest_protocol(p.protocol, run, kd_protocols,
-                                                                             soft=p.labels == "soft")})
+                                                              soft=p.labels == "soft", closest=closest)})
     table = pd.DataFrame(rows)
     for column in ("norm", "distill_seconds", "whole_train_set", "closest_protocol"):
         if column not in table:

@@ -13,7 +13,7 @@ from teddy.efficiency import efficiency_table
 from teddy.io import atomic_path, load_json, save_text
 from teddy.machine import Machine
 from teddy.plots import accuracy_vs_ipc
-from teddy.protocols import cells, config_protocols
+from teddy.protocols import cells, closest_protocols, config_protocols, protocols_dir
 from teddy.published import load_published
 from teddy.report import (accuracy_table, ceiling_table, check_cells, collect_results, paper_table, render_html,
                           render_latex, render_markdown, requested_ceiling_cells, requested_cells, run_protocols,
@@ -33,6 +33,8 @@ def settings(cfg: dict, wildcards: dict) -> dict:
                          "cells": [list(c) for c in cells(cfg)]},
             "protocols": {name: {"description": p["description"], "labels": p["labels"]}
                           for name, p in protocols.items()},
+            # where a published figure of a protocol we do not run is read (the protocol files say)
+            "closest": closest_protocols(protocols_dir(cfg)),
             "ceiling": {"seeds": [int(s) for s in ceiling["seeds"]]} if ceiling else None}
 
 
@@ -77,7 +79,7 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> pd.DataFrame:
     published = pd.concat([load_published(p, dataset) for p in files], ignore_index=True) if files else None
     kd = [n for n, p in settings["protocols"].items() if p["labels"] == "kd"]
     table = paper_table(measured, ceilings, published, method_order=list(settings["distill"]["methods"]),
-                        protocol_order=run_protocols(settings), kd_protocols=kd)
+                        protocol_order=run_protocols(settings), kd_protocols=kd, closest=settings["closest"])
     teacher = list(getattr(inputs, "teacher", None) or [])
     about = context(settings, teacher[0] if teacher else None, list(getattr(inputs, "manifests", None) or []),
                     teacher[1:])
