@@ -88,7 +88,7 @@ def test_the_epoch_level_nan_guard_off_cpu_names_the_epoch_and_keeps_results_exa
     epoch), exercised on CPU: the same mean loss, and a non-finite loss still stops the run."""
     from teddy.recipes import lr_schedule, make_optimizer
     from teddy.student_data import StudentData, plan_epoch
-    from teddy.train import HardLabels, train_one_epoch
+    from teddy.train import HardLabels, StepSettings, train_one_epoch
 
     data = _toy_set(40)
 
@@ -99,8 +99,8 @@ def test_the_epoch_level_nan_guard_off_cpu_names_the_epoch_and_keeps_results_exa
         optimizer = make_optimizer(model.parameters(), recipe)
         plan = plan_epoch(40, 16, 28, {"flip": True, "max_shift": 2}, torch.Generator().manual_seed(0))
         return train_one_epoch(model, StudentData(data, 28, CPU).epoch(plan), HardLabels().configure(recipe, CPU),
-                               optimizer, lr_schedule(optimizer, {"epochs": 3}, 1), device=CPU,
-                               check_each_step=check_each_step)
+                               optimizer, lr_schedule(optimizer, {"epochs": 3}, 1),
+                               StepSettings(CPU, check_each_step=check_each_step))
 
     assert one_epoch(False) == one_epoch(True) == one_epoch(None)
     with pytest.raises(TeddyError, match=r"non-finite loss at epoch 1 \(checked once per epoch on cpu\)"):

@@ -11,6 +11,7 @@ the same optimiser, schedule and RNG state, so an interrupted run ends with the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 import os
 import sys
 from contextlib import nullcontext
@@ -150,22 +151,35 @@ def targets_for(teacher: nn.Module | None = None, label_store: LabelStore | None
 
 # --- the loop ----------------------------------------------------------------------------------
 
-def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torch.optim.Optimizer, scheduler, *,
-                    device: torch.device, accumulate: int = 1, world: int = 1, channels_last: bool = False,
-                    amp: bool = False, guard: Resumable | None = None, desc: str = "train", epoch: int = 0,
-                    check_each_step: bool | None = None, ema=None) -> float:
-    """One epoch over `batches` (teddy.student_data MicroBatches, `accumulate` per optimiser step);
-    `model` may be DDP-wrapped (gradients all-reduced on the last micro-batch of a batch only).
-    Returns the mean loss over every image of the epoch, summed over processes. `guard` (the
-    run's checkpoint) names the checkpoint kept when a loss is not finite: checked at every step
-    on CPU, once per epoch elsewhere (`check_each_step` overrides), so that a GPU step does not
-    wait for the host. `ema` (an `ema_of` average) follows every optimiser step."""
+@dataclass(frozen=True)
+class StepSettings:
+    """How every step of a run is made, fixed for the run: where, how many micro-batches per
+    optimiser step (`accumulate`) and processes (`world`), channels-last pixels and bf16 autocast
+    (CUDA only), and whether the NaN guard reads each step's loss (None: on CPU only, so that a GPU
+    step does not wait for the host; otherwise once per epoch)."""
+    device: torch.device
+    accumulate: int = 1
+    world: int = 1
+    channels_last: bool = False
+    amp: bool = False
+    check_each_step: bool | None = None
+
+
+def train_one_epoch(model: nn.Module, batches, targets: Targets, optimizer: torch.optim.Optimizer, scheduler,
+                    step: StepSettings, *, guard: Resumable | None = None, desc: str = "train", epoch: int = 0,
+                    ema=None) -> float:
+    """One epoch over `batches` (teddy.student_data MicroBatches, `step.accumulate` per optimiser
+    step); `model` may be DDP-wrapped (gradients all-reduced on the last micro-batch of a batch
+    only). Returns the mean loss over every image of the epoch, summed over processes. `guard` (the
+    run's checkpoint) names the checkpoint kept when a loss is not finite. `ema` (an `ema_of`
+    average) follows every optimiser step."""
     guard = guard if guard is not None else Resumable(None, {})
+    device, accumulate, world, channels_last, amp = step.device, step.accumulate, step.world, step.channels_last, step.amp
     model.train()
     # the running loss stays on the device (float64: the same sums as Python floats of the
     # per-step losses) and is read once per epoch; off CPU the NaN guard reads it then too
     total_loss, seen = torch.zeros((), dtype=torch.float64, device=device), 0
-    check_each_step = device.type == "cpu" if check_each_step is None else bool(check_each_step)
+    check_each_step = device.type == "cpu" if step.check_each_step is None else bool(step.check_each_step)
     for mb in batches:
         x = mb.x.contiguous(memory_format=torch.channels_last) if channels_last else mb.x
         if mb.micro == 0:
@@ -215,6 +229,31 @@ def swap_ema_weights(model: nn.Module, ema) -> None:
         averaged.copy_(kept)
 
 
+def resume_run(checkpoint: Resumable, optimizer, scheduler, generator, model: nn.Module, ema, desc: str,
+               epochs: int) -> tuple[list, int]:
+    """Load the run's last checkpoint, if any, into the optimiser, schedule, generator, model and
+    EMA; returns (history so far, epochs done)."""
+    state = checkpoint.load(optimizer, scheduler, generator)
+    if state is None:
+        return [], 0
+    model.load_state_dict(state["model"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    print(f"resuming {desc} from {checkpoint.path} at epoch {state['epoch']}/{epochs}", file=sys.stderr)
+    return state["history"], state["epoch"]
+
+
+def accuracy_of_run(model: nn.Module, ema, dataset, device: torch.device, amp: bool) -> float:
+    """The test (or validation) accuracy of what the run returns: the moving average of the
+    parameters when it keeps one (swapped in and back), the model otherwise."""
+    if ema is not None:
+        swap_ema_weights(model, ema)
+    accuracy = evaluate_accuracy(model, dataset, device, amp=amp)
+    if ema is not None:
+        swap_ema_weights(model, ema)
+    return accuracy
+
+
 def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: int = 0, *,
         targets: Targets | None = None, eval_set=None,
         on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
@@ -258,44 +297,32 @@ def fit(model: nn.Module, train_set, recipe: dict, device: torch.device, seed: i
     aug_cfg = recipe.get("augment") or {}
     amp = bool(recipe.get("amp", False))
     targets = (targets if targets is not None else HardLabels()).configure(recipe, device)
-    history, start_epoch = [], 0
 
     # a checkpoint only resumes the same run: same recipe, seed, data size, teacher use and processes
-    settings = {"recipe": dict(recipe), "seed": int(seed), "train_size": len(train_set),
-                "teacher": targets.kd, **({"processes": world} if world > 1 else {})}
-    checkpoint = Resumable(checkpoint_path, settings)
-    state = checkpoint.load(optimizer, scheduler, generator)
+    checkpoint = Resumable(checkpoint_path, {"recipe": dict(recipe), "seed": int(seed), "train_size": len(train_set),
+                                             "teacher": targets.kd, **({"processes": world} if world > 1 else {})})
     ema = ema_of(model, recipe)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        history, start_epoch = state["history"], state["epoch"]
-        print(f"resuming {desc} from {checkpoint.path} at epoch {start_epoch}/{epochs}", file=sys.stderr)
+    history, start_epoch = resume_run(checkpoint, optimizer, scheduler, generator, model, ema, desc, epochs)
     every = int(recipe.get("checkpoint_every", max(1, epochs // 10)))
     eval_every = int(recipe.get("eval_every", 0))
     data = StudentData(train_set, image_size, device, mean=info.mean if info else None,
                        std=info.std if info else None, num_workers=getattr(train_set, "num_workers", 0),
                        rank=rank, world=world, accumulate=accumulate)
     net = compiled(distributed_wrap(model, device), recipe, device)
+    step = StepSettings(device, accumulate, world, channels_last, amp)
 
     bar = tqdm(range(start_epoch, epochs), desc=desc, file=sys.stderr, mininterval=5, disable=rank != 0,
                initial=start_epoch, total=epochs)
     for epoch in bar:
         plan = targets.plan(epoch, lambda: plan_epoch(len(train_set), batch_size, image_size, aug_cfg, generator,
                                                       chunks))
-        loss = train_one_epoch(net, data.epoch(plan), targets, optimizer, scheduler, device=device,
-                               accumulate=accumulate, world=world, channels_last=channels_last, amp=amp,
-                               guard=checkpoint, desc=desc, epoch=epoch, ema=ema)
+        loss = train_one_epoch(net, data.epoch(plan), targets, optimizer, scheduler, step, guard=checkpoint,
+                               desc=desc, epoch=epoch, ema=ema)
         if epoch + 1 in fresh_optimizer_after:
             optimizer.state.clear()  # momentum buffers gone, as with DC's new optimiser
         metrics = {"epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0]}
         if eval_set is not None and eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-            if ema is not None:
-                swap_ema_weights(model, ema)
-            metrics["eval_accuracy"] = evaluate_accuracy(model, eval_set, device, amp=amp)
-            if ema is not None:
-                swap_ema_weights(model, ema)
+            metrics["eval_accuracy"] = accuracy_of_run(model, ema, eval_set, device, amp)
         history.append(metrics)
         bar.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "epoch"})
         if on_epoch_end is not None:

@@ -181,8 +181,8 @@ def optimise_stack(task: DistillTask, batches: list[BatchStart], loss_fn: LossFn
 
     No host synchronisation inside the loop: the per-step losses stay on the device and are read
     (finiteness checked, history written) every `log_every` steps, before each checkpoint and at
-    the end. A non-finite loss stops the run naming its first iteration and the window checked;
-    the checkpoint on disk was written after the last check, so it is a good one."""
+    the end (`LossWindow`). A non-finite loss stops the run naming its first iteration and the
+    window checked; the checkpoint on disk was written after the last check, so it is a good one."""
     r, device = task.recipe, task.device
     iterations = int(r.get("iterations", HARNESS_DEFAULTS["iterations"]))
     if iterations < 1:
@@ -191,46 +191,150 @@ def optimise_stack(task: DistillTask, batches: list[BatchStart], loss_fn: LossFn
     stacked = stackable(task, loss_fn)  # through loss_fn.stacked (also for G = 1: the same computation)
     if G > 1 and not stacked:
         raise TeddyError(f"{desc}: this loss or pool cannot be stacked (stack {G})")
+    syns, labels = stack_pixels(task, batches)
+    generators = [b.generator for b in batches]
+    optimizer, scheduler = pixel_optimiser(syns, r, iterations)
+    lo, hi = pixel_bounds(task.info, device)
+    log_every = int(r.get("log_every", max(1, iterations // 20)))
+    ckpt_every = int(r.get("checkpoint_every", max(1, iterations // 10)))
+    amp = bool(r.get("amp", False))  # bf16 autocast of the forward pass, CUDA only
+    compile_cache = {} if r.get("compile") else None
+    one = G == 1  # a single batch's checkpoint holds its own values, not lists of them
+    checkpoint = stack_checkpoint(task, batches, syns)
+    histories, start, elapsed = [[] for _ in batches], 0, 0.0
+    state = checkpoint.load(optimizer, scheduler, generators[0] if one else generators)
+    if state is not None:
+        with torch.no_grad():
+            for syn, saved in zip(syns, [state["images"]] if one else state["images"]):
+                syn.copy_(saved.to(device))
+        histories = [state["history"]] if one else state["history"]
+        start, elapsed = state["iteration"], state["elapsed"]
+        print(f"resuming {desc} from {checkpoint.path} at iteration {start}/{iterations}", file=sys.stderr)
+    window = LossWindow(checkpoint, histories, desc, log_every, [b.index for b in batches])
+
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, iterations), desc=desc, file=sys.stderr, mininterval=5, disable=False,
+               initial=start, total=iterations)
+    for it in bar:
+        xs, draws = augment_and_draw(task, syns, generators, it, stacked)
+        optimizer.zero_grad(set_to_none=True)
+        if stacked:
+            losses, parts = stacked_backward(task, loss_fn, xs, labels, draws, it, amp, compile_cache)
+        else:
+            with autocast_for(device, amp):
+                loss, part = loss_fn(draws[0], xs[0], labels[0], it)
+            loss.backward()
+            losses, parts = [loss], [part]
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            for syn in syns:
+                syn.copy_(torch.maximum(torch.minimum(syn, hi), lo))
+        logged = (it + 1) % log_every == 0 or it == 0  # the same log whether or not the run was resumed
+        window.add(it, losses, parts if logged else None)
+        saving = checkpoint.path is not None and (it + 1) % ckpt_every == 0 and it + 1 < iterations
+        if logged or saving or it + 1 == iterations:
+            window.check(bar)
+        if saving:
+            checkpoint.save(optimizer, scheduler, generators[0] if one else generators,
+                            histories[0] if one else histories,
+                            images=syns[0].detach().cpu() if one else [syn.detach().cpu() for syn in syns],
+                            iteration=it + 1, elapsed=elapsed + time.perf_counter() - t0)
+    window.check(bar)
+    seconds = elapsed + time.perf_counter() - t0
+    return [Distilled(syn.detach().cpu(), y.cpu(), {"history": h, "iterations": iterations, "optimise_seconds": seconds,
+                                                    **({"stacked_with": [b.index for b in batches]} if G > 1 else {})})
+            for syn, y, h in zip(syns, labels, histories)]
+
+
+def stack_pixels(task: DistillTask, batches: list[BatchStart]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The batches' pixels as leaf tensors on the device (channels-last on CUDA when the recipe
+    asks: faster convolutions under bf16 autocast, the pool members too) and their labels."""
+    device = task.device
     syns = [b.images.clone().to(device) for b in batches]
-    if r.get("channels_last") and device.type == "cuda":  # faster convolutions under bf16 autocast
+    if task.recipe.get("channels_last") and device.type == "cuda":
         syns = [syn.contiguous(memory_format=torch.channels_last) for syn in syns]
         for member in getattr(task.pool, "members", []):
             member.to(memory_format=torch.channels_last)
     for syn in syns:
         syn.requires_grad_(True)
-    labels = [b.labels.to(device) for b in batches]
-    generators = [b.generator for b in batches]
-    optimizer = torch.optim.Adam(syns, lr=float(r.get("lr", HARNESS_DEFAULTS["lr"])),
-                                 betas=tuple(r.get("betas", HARNESS_DEFAULTS["betas"])))
+    return syns, [b.labels.to(device) for b in batches]
+
+
+def pixel_optimiser(syns: list[torch.Tensor], recipe: dict, iterations: int):
+    """One Adam over every batch's pixels (elementwise: G independent Adams) and its cosine
+    schedule to 0 over `iterations`."""
+    optimizer = torch.optim.Adam(syns, lr=float(recipe.get("lr", HARNESS_DEFAULTS["lr"])),
+                                 betas=tuple(recipe.get("betas", HARNESS_DEFAULTS["betas"])))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: 0.5 * (1 + math.cos(math.pi * it / iterations)))
-    lo, hi = pixel_bounds(task.info, device)
-    aug_cfg = r.get("augment") or {}
-    log_every = int(r.get("log_every", max(1, iterations // 20)))
-    ckpt_every = int(r.get("checkpoint_every", max(1, iterations // 10)))
-    amp = bool(r.get("amp", False))  # bf16 autocast of the forward pass, CUDA only
-    compile_cache = {} if r.get("compile") else None
-    histories, start, elapsed = [[] for _ in batches], 0, 0.0
-    # a checkpoint only resumes the same run: same recipe, IPC, seed, batch(es) and image count(s)
-    settings = {"recipe": dict(r), "ipc": int(task.ipc), "seed": int(task.seed), "name": task.seed_name}
-    if G == 1:
+    return optimizer, scheduler
+
+
+def stack_checkpoint(task: DistillTask, batches: list[BatchStart], syns: list[torch.Tensor]) -> Resumable:
+    """The stack's checkpoint; it only resumes the same run: same recipe, IPC, seed, batch(es)
+    and image count(s)."""
+    settings = {"recipe": dict(task.recipe), "ipc": int(task.ipc), "seed": int(task.seed), "name": task.seed_name}
+    if len(batches) == 1:
         settings.update(images=int(syns[0].shape[0]), batch=int(batches[0].index))
     else:
         settings.update(images=[int(syn.shape[0]) for syn in syns], batch=[int(b.index) for b in batches])
-    checkpoint = Resumable(task.checkpoint_path, settings, "distillation checkpoint")
-    state = checkpoint.load(optimizer, scheduler, generators[0] if G == 1 else generators)
-    if state is not None:
-        with torch.no_grad():
-            for syn, saved in zip(syns, state["images"] if G > 1 else [state["images"]]):
-                syn.copy_(saved.to(device))
-        histories = state["history"] if G > 1 else [state["history"]]
-        start, elapsed = state["iteration"], state["elapsed"]
-        print(f"resuming {desc} from {checkpoint.path} at iteration {start}/{iterations}", file=sys.stderr)
+    return Resumable(task.checkpoint_path, settings, "distillation checkpoint")
 
-    pending: list[tuple[int, torch.Tensor, list | None]] = []  # (iteration, G losses, parts to log) since the check
 
-    def check(bar) -> None:
-        """Read the pending losses (one host synchronisation): the NaN guard, then the history."""
+def augment_and_draw(task: DistillTask, syns, generators, it: int, stacked: bool):
+    """Per batch, from its own generator and in this order: its augmentation, then its pool draw
+    (the member's index when stacked, as WeakPool.sample draws it; the model otherwise, None
+    without a pool)."""
+    aug_cfg = task.recipe.get("augment") or {}
+    xs, draws = [], []
+    for syn, generator in zip(syns, generators):
+        x = syn
+        if aug_cfg:
+            x = apply_augment(x, sample_augment_params(x.shape[0], task.info.image_size, aug_cfg, generator))
+        xs.append(x)
+        if stacked:
+            draws.append(task.pool.index(it, generator))
+        else:
+            draws.append(task.pool.sample(it, generator) if task.pool is not None else None)
+    return xs, draws
+
+
+def stacked_backward(task: DistillTask, loss_fn: LossFn, xs, labels, draws, it: int, amp: bool,
+                     compile_cache: dict | None) -> tuple[list, list]:
+    """One forward and one backward per distinct member drawn, the batches in their order; the
+    sum of their losses is backpropagated, so each batch's pixels get exactly their own loss's
+    gradient. Returns each batch's loss and parts."""
+    losses, parts = [None] * len(xs), [None] * len(xs)
+    for m in dict.fromkeys(draws):
+        ks = [k for k in range(len(xs)) if draws[k] == m]
+        member = task.pool.members[m]
+        model = member if compile_cache is None else compiled(member, compile_cache)
+        with autocast_for(task.device, amp):
+            out = loss_fn.stacked(model, [xs[k] for k in ks], [labels[k] for k in ks], it)
+        for k, (loss, part) in zip(ks, out):
+            losses[k], parts[k] = loss, part
+        total = out[0][0]
+        for loss, _ in out[1:]:
+            total = total + loss
+        total.backward()
+    return losses, parts
+
+
+class LossWindow:
+    """The per-step losses since the last read, kept on the device; `check` reads them (one host
+    synchronisation): the NaN guard, then each batch's history."""
+
+    def __init__(self, checkpoint: Resumable, histories: list, desc: str, log_every: int, batch_indices: list):
+        self.checkpoint, self.histories, self.desc = checkpoint, histories, desc
+        self.log_every, self.batch_indices = log_every, batch_indices
+        self.pending: list[tuple[int, torch.Tensor, list | None]] = []  # (iteration, G losses, parts to log)
+
+    def add(self, it: int, losses: list, parts: list | None) -> None:
+        self.pending.append((it, torch.stack([loss.detach().float() for loss in losses]), parts))
+
+    def check(self, bar) -> None:
+        pending = self.pending
         if not pending:
             return
         values = torch.stack([p[1] for p in pending]).cpu()  # steps x G
@@ -239,73 +343,17 @@ def optimise_stack(task: DistillTask, batches: list[BatchStart], loss_fn: LossFn
             first, window = pending[int(bad[0])][0], (pending[0][0] + 1, pending[-1][0] + 1)
             where = f"iteration {first + 1}"
             if window[0] != window[1]:
-                where += f" (losses read every log_every = {log_every} steps: iterations {window[0]}-{window[1]})"
-            if G > 1:
-                where += f", stacked batches {[b.index for b in batches]}"
-            checkpoint.check_finite(values[int(bad[0])].sum(), desc, where)
+                where += f" (losses read every log_every = {self.log_every} steps: iterations {window[0]}-{window[1]})"
+            if len(self.batch_indices) > 1:
+                where += f", stacked batches {self.batch_indices}"
+            self.checkpoint.check_finite(values[int(bad[0])].sum(), self.desc, where)
         for it, losses, parts in pending:
             if parts is not None:
-                for k in range(G):
-                    histories[k].append({"iteration": it + 1, "loss": float(losses[k]),
-                                         **{name: float(v) for name, v in parts[k].items()}})
+                for k, history in enumerate(self.histories):
+                    history.append({"iteration": it + 1, "loss": float(losses[k]),
+                                    **{name: float(v) for name, v in parts[k].items()}})
         bar.set_postfix(loss=round(float(values[-1].mean()), 4))
         pending.clear()
-
-    t0 = time.perf_counter()
-    bar = tqdm(range(start, iterations), desc=desc, file=sys.stderr, mininterval=5, disable=False,
-               initial=start, total=iterations)
-    for it in bar:
-        # per batch, from its own generator in today's order: augmentation, then the pool draw
-        xs, draws = [], []
-        for syn, generator in zip(syns, generators):
-            x = syn
-            if aug_cfg:
-                x = apply_augment(x, sample_augment_params(x.shape[0], task.info.image_size, aug_cfg, generator))
-            xs.append(x)
-            if stacked:  # the index of the member (WeakPool.sample draws it the same way)
-                draws.append(task.pool.index(it, generator))
-            else:
-                draws.append(task.pool.sample(it, generator) if task.pool is not None else None)
-        optimizer.zero_grad(set_to_none=True)
-        losses, parts = [None] * G, [None] * G
-        if not stacked:
-            with autocast_for(device, amp):
-                losses[0], parts[0] = loss_fn(draws[0], xs[0], labels[0], it)
-            losses[0].backward()
-        else:
-            # one forward (and backward) per distinct member drawn, the batches in their order
-            for m in dict.fromkeys(draws):
-                ks = [k for k in range(G) if draws[k] == m]
-                member = task.pool.members[m]
-                model = member if compile_cache is None else compiled(member, compile_cache)
-                with autocast_for(device, amp):
-                    out = loss_fn.stacked(model, [xs[k] for k in ks], [labels[k] for k in ks], it)
-                for k, (loss, part) in zip(ks, out):
-                    losses[k], parts[k] = loss, part
-                total = out[0][0]
-                for loss, _ in out[1:]:  # sum: each batch's pixels get exactly their own loss's gradient
-                    total = total + loss
-                total.backward()
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():
-            for syn in syns:
-                syn.copy_(torch.maximum(torch.minimum(syn, hi), lo))
-        logged = (it + 1) % log_every == 0 or it == 0  # the same log whether or not the run was resumed
-        pending.append((it, torch.stack([loss.detach().float() for loss in losses]), parts if logged else None))
-        saving = checkpoint.path is not None and (it + 1) % ckpt_every == 0 and it + 1 < iterations
-        if logged or saving or it + 1 == iterations:
-            check(bar)
-        if saving:
-            checkpoint.save(optimizer, scheduler, generators[0] if G == 1 else generators,
-                            histories[0] if G == 1 else histories,
-                            images=syns[0].detach().cpu() if G == 1 else [syn.detach().cpu() for syn in syns],
-                            iteration=it + 1, elapsed=elapsed + time.perf_counter() - t0)
-    check(bar)
-    seconds = elapsed + time.perf_counter() - t0
-    return [Distilled(syn.detach().cpu(), y.cpu(), {"history": h, "iterations": iterations, "optimise_seconds": seconds,
-                                                    **({"stacked_with": [b.index for b in batches]} if G > 1 else {})})
-            for syn, y, h in zip(syns, labels, histories)]
 
 
 def start_batch(task: DistillTask, b: int, labels: torch.Tensor, index_in_class: torch.Tensor,
