@@ -1,6 +1,7 @@
 """Cluster resources (each stage's resources(), teddy.stages) computed from config/imagenet1k.yaml:
 read back from a dry run."""
 
+import copy
 import re
 import shutil
 
@@ -181,3 +182,43 @@ def test_student_jobs_are_costed_without_scanning_the_tree(tmp_path, monkeypatch
             wildcards = {**WILDCARDS, "arch": arch, "protocol": "teddy_small_kd", "seed": seed, "ipc": 10}
             assert mod.resources(mod.settings(cfg, wildcards), 1, machine)["runtime"] > 0
     assert walks == []
+
+
+def test_a_config_load_walks_the_class_folders_once_and_later_loads_and_resources_not_at_all(tmp_path, monkeypatch):
+    """One walk of each class folder of each split per tree: the config load's checks (the tree,
+    the IPC against the smallest class) share it, the resource functions read its counts, and a
+    later load (another process: the in-memory cache cleared) reads them from the scan file beside
+    the normalisation file, until a class folder changes."""
+    from collections import Counter
+
+    from fixtures import write_class_folders
+
+    from teddy import image_folder
+
+    root = write_class_folders(tmp_path / "d", ["a", "b", "c"], per_class=12, size=12, test_split="test")
+    cfg = yaml.safe_load((REPO / "config" / "image_folder.yaml").read_text())
+    cfg["dataset"]["root"] = str(root)
+    cfg["results_dir"] = str(tmp_path / "results")
+    walks = Counter()
+    real = image_folder.image_files
+    monkeypatch.setattr(image_folder, "image_files", lambda d: walks.update([str(d)]) or real(d))
+    monkeypatch.setattr(image_folder, "_SCANS", {})
+
+    loaded = load_config(copy.deepcopy(cfg))
+    assert sorted(walks) == sorted(str(root / split / c) for split in ("train", "test") for c in "abc")
+    assert set(walks.values()) == {1}
+    machine = machine_from_config(loaded)
+    for name in ("train_base", "pool_member", "distill"):
+        mod = stage(name)
+        wildcards = {**WILDCARDS, "method": next(iter(loaded["distill"]["methods"])), "ipc": 1}
+        assert mod.resources(mod.settings(loaded, wildcards), 1, machine)["runtime"] > 0
+    assert set(walks.values()) == {1}, "a resource function walked the tree again"
+
+    walks.clear()
+    monkeypatch.setattr(image_folder, "_SCANS", {})  # a new process: only the scan file is left
+    load_config(copy.deepcopy(cfg))
+    assert walks == Counter() and (tmp_path / "results" / "data" / image_folder.SCAN_FILE).is_file()
+
+    (root / "train" / "b" / "extra.png").write_bytes((root / "train" / "b" / sorted(
+        p.name for p in (root / "train" / "b").iterdir())[0]).read_bytes())
+    assert image_folder.train_counts(loaded["dataset"]) == [12, 13, 12]  # the changed folder is counted again

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from teddy.data import DatasetInfo, FolderSubset
 from teddy.dataset_specs import dataset_spec
 from teddy.errors import TeddyError
+from teddy.io import load_json, save_json
 
 
 def _spec(dataset_cfg: dict):
@@ -108,21 +109,74 @@ def image_files(class_dir: Path) -> list[Path]:
                   for f in files if f.lower().endswith(IMG_EXTENSIONS))
 
 
+# one walk of a split's class folders gives its image counts; they are kept in this process and in
+# SCAN_FILE beside the normalisation file, and a later config load, resource function or job reads
+# them back while the split's folder and its class folders keep their modification times (adding or
+# removing files in a class folder changes its time; changes deeper in nested subfolders do not)
+SCAN_FILE = "tree_scan.json"
+_SCANS: dict[str, tuple[list, dict]] = {}
+
+
+def _scan_path(dataset_cfg: dict) -> Path | None:
+    path = dataset_cfg.get("normalisation_file")
+    return Path(path).parent / SCAN_FILE if path else None
+
+
+def _fingerprint(root: Path, folders: list[str]) -> list:
+    return [root.stat().st_mtime_ns] + [(root / f).stat().st_mtime_ns if (root / f).is_dir() else None
+                                        for f in folders]
+
+
+def split_counts_by_class(dataset_cfg: dict, train: bool) -> dict[str, int]:
+    """Image files of each selected class folder of the train (or test) split, present folders
+    only, from one walk of the split, cached (SCAN_FILE): the config load, every resource function
+    and every job read the same counts without walking the tree again."""
+    root, folders = split_dir(dataset_cfg, train), class_folders(dataset_cfg)
+    key = f"{root.resolve()}|{','.join(folders)}"
+    fingerprint = _fingerprint(root, folders)
+    cached = _SCANS.get(key)
+    if cached is not None and cached[0] == fingerprint:
+        return dict(cached[1])
+    scan_file = _scan_path(dataset_cfg)
+    stored = {}
+    if scan_file is not None and scan_file.is_file():
+        try:
+            stored = load_json(scan_file)
+        except TeddyError:
+            stored = {}  # a corrupt cache is rebuilt
+        entry = stored.get(key)
+        if isinstance(entry, dict) and entry.get("fingerprint") == fingerprint:
+            _SCANS[key] = (fingerprint, dict(entry["counts"]))
+            return dict(entry["counts"])
+    counts = {f: len(image_files(root / f)) for f in folders if (root / f).is_dir()}
+    _SCANS[key] = (fingerprint, counts)
+    if scan_file is not None:
+        try:
+            save_json({**stored, key: {"fingerprint": fingerprint, "counts": counts}}, scan_file)
+        except OSError:
+            pass  # a read-only results folder: the counts stay in this process
+    return dict(counts)
+
+
 def train_counts(dataset_cfg: dict) -> list[int]:
     """Training images per class, in label order, as the reader will hold them (before the
-    validation split): the image files of each class folder less those rule normalisation
-    listed as unreadable."""
-    skipped = set()
+    validation split): the image files of each class folder (split_counts_by_class) less those
+    rule normalisation listed as unreadable."""
+    root = split_dir(dataset_cfg, True)
+    skipped = Counter()
     path = dataset_cfg.get("normalisation_file")
     if path and Path(path).is_file():
-        skipped = {str(Path(p)) for p in read_normalisation(path).get("skipped", [])}
-    root = split_dir(dataset_cfg, True)
+        for p in read_normalisation(path).get("skipped", []):
+            rel = Path(p).relative_to(root) if Path(p).is_relative_to(root) else None
+            if rel is not None:
+                skipped[rel.parts[0]] += 1
+    present = split_counts_by_class(dataset_cfg, True)
     counts = []
     for folder in class_folders(dataset_cfg):
-        if not (root / folder).is_dir():
+        if folder not in present:
             raise TeddyError(f"class folder {root / folder} is missing (config key dataset.classes or "
                              f"dataset.name={dataset_cfg['name']})")
-        counts.append(sum(1 for p in image_files(root / folder) if str(p) not in skipped))
+        counts.append(present[folder] - skipped[folder])
     return counts
 
 
@@ -140,8 +194,9 @@ def check_tree(dataset_cfg: dict, min_per_class: int = 1) -> dict[str, int]:
         if missing:
             raise TeddyError(f"class folder(s) {missing} missing from {d} (config key dataset.classes or "
                              f"dataset.name={dataset_cfg['name']})")
+        present = split_counts_by_class(dataset_cfg, train)
         for f in folders:
-            n = len(image_files(d / f))
+            n = present[f]
             if n == 0:
                 raise TeddyError(f"empty class folder {d / f}: no image files")
             if train:
