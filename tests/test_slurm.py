@@ -27,6 +27,7 @@ from fixtures import (REPO, SLURM_PROFILE, SLURM_TEST_PROFILE, snakemake_cmd, ti
 
 GPU_RULES = {"train_base", "train_prior", "pool_member", "distill", "relabel", "evaluate", "ceiling"}
 CPU_RULES = {"pool_manifest", "gather", "aggregate", "normalisation"}
+LOCAL_RULES = {"pool_manifest", "aggregate"}  # workflow/Snakefile's localrules: they run where snakemake runs
 
 
 def workflow_rules() -> set[str]:
@@ -49,6 +50,12 @@ def test_shipped_profile_fits_a_real_cluster():
     assert "slurm-status-command" not in shipped and "slurm-no-account" not in shipped
     local = profile(REPO / "workflow" / "profiles" / "default")
     assert "default-resources" not in local and "set-resources" not in local
+
+
+def test_the_local_rules_are_the_light_bookkeeping_ones():
+    snakefile = (REPO / "workflow" / "Snakefile").read_text()
+    declared = set(re.findall(r"^    (\w+),$", snakefile.split("localrules:", 1)[1].split("\n\n", 1)[0], flags=re.M))
+    assert declared == LOCAL_RULES | {"all"} and LOCAL_RULES <= CPU_RULES
 
 
 def test_test_profile_fits_the_test_node_and_names_only_workflow_rules():
@@ -137,14 +144,15 @@ def test_tiny_pipeline_runs_through_slurm_with_gpus(slurm_env, tiny_run):
     table = table[table["kind"] == "measured"]  # published rows sit beside ours
     assert len(table) == 1 and table["mean"].between(0, 100).all()
 
-    # every stage was its own SLURM job, with its SLURM log kept
+    # every stage but the local bookkeeping was its own SLURM job, with its SLURM log kept
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)", out)
     rule_of = {jobid: re.search(r"/rule_(\w+)/", log).group(1) for jobid, log in submitted}
     # online KD: no relabel; a base model trained here: no train_prior; an IDX dataset needs no
     # normalisation pass (the tiny config has a ceiling section: ceiling runs, on a GPU)
     not_run = {"relabel", "train_prior", "normalisation"}
-    assert sorted(rule_of.values()) == sorted((GPU_RULES | CPU_RULES) - not_run), \
+    assert sorted(rule_of.values()) == sorted((GPU_RULES | CPU_RULES) - not_run - LOCAL_RULES), \
         f"submitted {sorted(rule_of.values())}\n" + out[-3000:]
+    assert (work / "results/tiny/pool/prior/manifest.csv").is_file()  # the local rules ran, here
     assert all(Path(log).is_file() for _, log in submitted)
 
     # gpus_per_job: 1 reached sbatch for the training rules only (the controller keeps finished
