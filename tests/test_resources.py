@@ -5,6 +5,7 @@ import copy
 import re
 import shutil
 
+import pytest
 import yaml
 from fixtures import REPO, snakemake
 
@@ -222,3 +223,25 @@ def test_a_config_load_walks_the_class_folders_once_and_later_loads_and_resource
     (root / "train" / "b" / "extra.png").write_bytes((root / "train" / "b" / sorted(
         p.name for p in (root / "train" / "b").iterdir())[0]).read_bytes())
     assert image_folder.train_counts(loaded["dataset"]) == [12, 13, 12]  # the changed folder is counted again
+
+
+def test_the_cost_model_counts_flops_not_pixels():
+    """FLOPs from torch.utils.flop_counter: a ResNet-18 with a stride-1 stem (Tiny-ImageNet's) is
+    not (224/64)^2 times cheaper at 64 px, as the old square law had it; time is linear in the
+    work; a retried job asks for more time on each attempt."""
+    from teddy.resources import TRAIN_STEP_FORWARDS, compute_seconds, flops_per_s, forward_flops, runtime_min
+
+    small = forward_flops({"arch": "resnet18_small"}, (200, 3, 64))
+    strided = forward_flops({"arch": "resnet18"}, (200, 3, 64))
+    full = forward_flops({"arch": "resnet18"}, (1000, 3, 224))
+    assert small > 10 * strided and small > full  # the stem keeps 64 x 64 through layer1
+    # one 3x3 convolution of 1 -> 8 channels at 8 x 8 (padding 1), then the classifier: 2 FLOPs a MAC
+    convnet = forward_flops({"arch": "convnet", "depth": 1, "width": 8, "norm": "none"}, (10, 1, 8))
+    assert convnet >= 2 * 8 * 8 * 8 * 9
+    seconds = compute_seconds({"arch": "resnet18"}, (1000, 3, 224), 1, trained=1000)
+    assert seconds == pytest.approx(1000 * TRAIN_STEP_FORWARDS * full / flops_per_s("resnet18", 1))
+    assert seconds == pytest.approx(1000 / 3400, rel=0.01)  # the measured H100 throughput it comes from
+    assert compute_seconds({"arch": "resnet18"}, (1000, 3, 224), 1, trained=2000) == pytest.approx(2 * seconds)
+    assert flops_per_s("resnet18_small", 1) == flops_per_s("resnet18", 1)  # a variant runs at its family's rate
+    assert flops_per_s("convnet", 2) == 2 * min(flops_per_s(a, 1) for a in ("resnet18", "resnet50", "mobilenet_v2"))
+    assert runtime_min(3600, 2) == 2 * runtime_min(3600, 1) and runtime_min(3600, 3) == 3 * runtime_min(3600, 1)

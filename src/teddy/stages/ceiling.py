@@ -36,7 +36,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
     """A student on the whole real training set: as train_base, with the ceiling recipe."""
     return training_request(settings, machine, trained_epochs(settings["recipe"]), train_images(settings, machine),
-                            settings["arch"], attempt)
+                            settings["model"], attempt)
 
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:

@@ -19,7 +19,7 @@ from teddy.machine import Machine, dataset_cfg, dataset_settings, resolve_device
 from teddy.methods import DistillTask, SyntheticBatch, full_recipe, get_method, lookup, per_batch
 from teddy.models import arch_spec, model_from_spec
 from teddy.pool import FreshModelPool, finetune_recipe, load_pool
-from teddy.resources import images_per_s, request, shape
+from teddy.resources import compute_seconds, request, shape
 from teddy.resume import remove_checkpoint
 from teddy.shard_store import ShardWriter
 
@@ -52,17 +52,17 @@ def job_images(settings: dict, classes: int) -> tuple[int, int]:
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
     """runtime = 1.5 x iterations x images of one job (or the method's own `work` per iteration: dc
-    reads real batches) / images/s (base arch) + 10 min (one synthetic
-    image-iteration costs about one student training image: measured 29 s per 1000 steps of a batch
-    of 100 on ResNet-18, H100, benchmarks/gpu_distill_batch.py); memory = 4 GB + 0.5 GB per worker
+    reads real batches) training steps of the base architecture (teddy.resources.compute_seconds)
+    + 10 min (one synthetic image-iteration costs about one student training image: measured 29 s
+    per 1000 steps of a batch of 100 on ResNet-18, H100, benchmarks/gpu_distill_batch.py); memory = 4 GB + 0.5 GB per worker
     + 4 copies of one synthetic batch (pixels, gradient, two Adam moments)."""
     classes, channels, size = shape(settings, machine)
     images, batch = job_images(settings, classes)
     full = full_recipe(settings["recipe"])
     work = lookup(full["method"]).work  # a method reading more than its synthetic images says how much
     passes = work(full, int(settings["ipc"]), classes) if work is not None else images
-    seconds = int(full.get("iterations", 1)) * passes / images_per_s(settings["model"]["arch"], size,
-                                                                      machine.gpus_per_job)
+    seconds = compute_seconds(settings["model"], (classes, channels, size), machine.gpus_per_job,
+                              int(full.get("iterations", 1)) * passes)
     batch_mb = batch * channels * size ** 2 * 4 / 2**20
     return request(4000 + machine.num_workers * 500 + 4 * batch_mb, seconds, attempt, machine.gpus_per_job,
                    machine.num_workers)

@@ -12,7 +12,7 @@ from teddy.job_files import first
 from teddy.machine import Machine, dataset_settings
 from teddy.protocols import cell_recipe, evaluates, load_protocol, protocols_dir, student_spec
 from teddy.recipes import trained_epochs
-from teddy.resources import images_per_s, memory_mb, request, shape, test_images
+from teddy.resources import compute_seconds, memory_mb, request, shape, test_images
 from teddy.student_run import labels_of, student_memory_mb, student_recipe_settings, teachers_setting, train_student
 
 
@@ -32,11 +32,12 @@ def settings(cfg: dict, wildcards: dict) -> dict:
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
-    """runtime = 1.5 x (epochs x IPC x classes + test images) / images/s of the student + 10 min;
-    memory as relabel's."""
-    classes, _, size = shape(settings, machine)
-    images = trained_epochs(settings["recipe"]) * int(settings["ipc"]) * classes + test_images(settings, machine)
-    seconds = images / images_per_s(settings["arch"], size, machine.gpus_per_job)
+    """runtime = 1.5 x (epochs x IPC x classes training steps + a test pass) of the student
+    (teddy.resources.compute_seconds) + 10 min; memory as relabel's."""
+    data_shape = shape(settings, machine)
+    trained = trained_epochs(settings["recipe"]) * int(settings["ipc"]) * data_shape[0]
+    seconds = compute_seconds(settings["model"], data_shape, machine.gpus_per_job, trained,
+                              test_images(settings, machine))
     out = request(0, seconds, attempt, machine.gpus_per_job, machine.student_workers)
     out["mem_mb"] = memory_mb(student_memory_mb(settings, machine), attempt)
     return out

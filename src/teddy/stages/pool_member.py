@@ -25,7 +25,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
     # a snapshot copy or one fine-tuning epoch
-    return training_request(settings, machine, 1, train_images(settings, machine), settings["model"]["arch"], attempt)
+    return training_request(settings, machine, 1, train_images(settings, machine), settings["model"], attempt)
 
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:

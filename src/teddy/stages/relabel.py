@@ -8,7 +8,7 @@ from teddy.label_store import STORE_FORMAT_VERSION, write_label_store
 from teddy.machine import Machine, dataset_cfg, dataset_settings, resolve_device
 from teddy.protocols import cell_recipe, load_protocol, protocols_dir
 from teddy.recipes import trained_epochs
-from teddy.resources import images_per_s, memory_mb, request, shape
+from teddy.resources import compute_seconds, memory_mb, request, shape
 from teddy.student_run import student_memory_mb, student_processes, student_recipe, student_recipe_settings, student_set
 from teddy.teachers import load_teacher
 
@@ -30,13 +30,13 @@ def settings(cfg: dict, wildcards: dict) -> dict:
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
-    """runtime = 1.5 x epochs x IPC x classes x sum over teachers of 1 / (3 x images/s) + 10 min."""
-    classes, _, size = shape(settings, machine)
-    epochs = trained_epochs(settings["recipe"])
+    """runtime = 1.5 x one forward pass of every teacher over epochs x IPC x classes images
+    (teddy.resources.compute_seconds) + 10 min."""
+    data_shape = shape(settings, machine)
+    images = trained_epochs(settings["recipe"]) * int(settings["ipc"]) * data_shape[0]
     teacher = settings["teacher"]
     archs = teacher["archs"] if isinstance(teacher, dict) else [teacher]
-    seconds = sum(epochs * int(settings["ipc"]) * classes / (3 * images_per_s(arch, size, machine.gpus_per_job))
-                  for arch in archs)
+    seconds = sum(compute_seconds({"arch": arch}, data_shape, machine.gpus_per_job, forward=images) for arch in archs)
     out = request(0, seconds, attempt, machine.gpus_per_job, machine.student_workers)
     out["mem_mb"] = memory_mb(student_memory_mb(settings, machine), attempt)
     return out

@@ -28,13 +28,12 @@ def settings(cfg: dict, wildcards: dict) -> dict:
 
 
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
-    arch = settings["model"]["arch"]
-    if settings["base"]["weights"]:
-        # given weights are only evaluated on the test split: forward passes, costed at 3x a
-        # training step's speed (as relabel costs them)
-        return training_request(settings, machine, 1, -(-test_images(settings, machine) // 3), arch, attempt)
+    if settings["base"]["weights"]:  # given weights are only evaluated: one forward pass of the test split
+        return training_request(settings, machine, 0, 0, settings["model"], attempt,
+                                forward=test_images(settings, machine))
     recipe = settings["base"]["recipe"]
-    return training_request(settings, machine, trained_epochs(recipe), train_images(settings, machine), arch, attempt)
+    return training_request(settings, machine, trained_epochs(recipe), train_images(settings, machine), settings["model"],
+                            attempt)
 
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:

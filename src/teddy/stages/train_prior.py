@@ -23,7 +23,7 @@ def settings(cfg: dict, wildcards: dict) -> dict:
 def resources(settings: dict, attempt: int, machine: Machine = Machine()) -> dict:
     recipe = settings["pool"].get("recipe") or settings["base"]["recipe"]
     return training_request(settings, machine, trained_epochs(recipe), train_images(settings, machine),
-                            settings["model"]["arch"], attempt)
+                            settings["model"], attempt)
 
 
 def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
