@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from teddy.data import TensorImageDataset
+from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.label_store import epoch_path, predicted_bytes_per_epoch, write_label_store
 from teddy.models import build_model
 
@@ -30,8 +30,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for k in (10, 100):
             meta = Path(tmp) / f"k{k}/meta.json"
-            write_label_store(meta, data, teacher, recipe, 0, torch.device("cpu"), set_hash="x", num_classes=classes,
-                              image_size=32, keep_topk=k)
+            write_label_store(meta, data, teacher, recipe, 0, torch.device("cpu"), DatasetInfo("toy", classes, 3, 32, None, None), set_hash="x", keep_topk=k)
             measured = sum(epoch_path(meta.parent, e).stat().st_size for e in range(epochs)) / epochs
             predicted = predicted_bytes_per_epoch(n, classes, k, crop=True, mix=True)
             print(f"| {n} | {classes} | {k} | {predicted} | {measured:.0f} | {measured - predicted:.0f} |")

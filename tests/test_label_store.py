@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from teddy.data import TensorImageDataset
+from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.errors import TeddyError
 from teddy.label_store import LabelStore, epoch_path, predicted_bytes_per_epoch, write_label_store
 from teddy.models import build_model
@@ -31,7 +31,7 @@ def _student():
 
 def _store(tmp_path, data, keep_topk=None, dtype=torch.float32, set_hash="abc"):
     meta = tmp_path / "store/meta.json"
-    write_label_store(meta, data, _teacher(), RECIPE, 3, CPU, set_hash=set_hash, num_classes=10, image_size=28,
+    write_label_store(meta, data, _teacher(), RECIPE, 3, CPU, DatasetInfo("toy", 10, 1, 28, None, None), set_hash=set_hash,
                       keep_topk=keep_topk, logits_dtype=dtype)
     return meta
 
@@ -57,7 +57,7 @@ def test_student_from_streamed_labels_equals_the_online_kd_student(tmp_path):
 def test_a_store_holds_only_the_epochs_a_stop_after_epoch_student_trains(tmp_path):
     data, recipe = _distilled(), {**RECIPE, "stop_after_epoch": 2}
     meta = tmp_path / "store/meta.json"
-    write_label_store(meta, data, _teacher(), recipe, 3, CPU, set_hash="abc", num_classes=10, image_size=28,
+    write_label_store(meta, data, _teacher(), recipe, 3, CPU, DatasetInfo("toy", 10, 1, 28, None, None), set_hash="abc",
                       logits_dtype=torch.float32)
     assert sorted(p.name for p in meta.parent.iterdir()) == ["epoch0000.pt", "epoch0001.pt", "meta.json"]
     online, stored = _student(), _student()
@@ -115,8 +115,7 @@ def test_streamed_png_set_student_from_the_store_equals_online(tmp_path):
     online, stored = _student(), _student()
     online_history = fit(online, streamed, RECIPE, CPU, seed=3, targets=targets_for(_teacher()), info=info)
     store = tmp_path / "store/meta.json"
-    write_label_store(store, streamed, _teacher(), RECIPE, 3, CPU, set_hash=meta["set_hash"], num_classes=10,
-                      image_size=28, mean=[0.5], std=[0.5], logits_dtype=torch.float32)
+    write_label_store(store, streamed, _teacher(), RECIPE, 3, CPU, DatasetInfo("toy", 10, 1, 28, [0.5], [0.5]), set_hash=meta["set_hash"], logits_dtype=torch.float32)
     labels = LabelStore(store, set_hash=meta["set_hash"], recipe=RECIPE, seed=3, chunks=1, num_images=20, num_classes=10)
     stored_history = fit(stored, streamed, RECIPE, CPU, seed=3, targets=targets_for(label_store=labels), info=info)
     assert [h["loss"] for h in stored_history] == [h["loss"] for h in online_history]

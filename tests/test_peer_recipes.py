@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from teddy.data import TensorImageDataset
+from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.errors import TeddyError
 from teddy.label_store import LabelStore, write_label_store
 from teddy.models import build_model
@@ -150,7 +150,7 @@ def test_stored_ensemble_labels_train_the_same_student_as_the_online_ensemble(tm
     online, stored = _student(), _student()
     online_history = fit(online, data, RECIPE, CPU, seed=3, targets=targets_for(ensemble()))
     meta = tmp_path / "store/meta.json"
-    write_label_store(meta, data, ensemble(), RECIPE, 3, CPU, set_hash="abc", num_classes=10, image_size=28,
+    write_label_store(meta, data, ensemble(), RECIPE, 3, CPU, DatasetInfo("toy", 10, 1, 28, None, None), set_hash="abc",
                       logits_dtype=torch.float32)
     store = LabelStore(meta, set_hash="abc", recipe=RECIPE, seed=3, chunks=1, num_images=len(data), num_classes=10)
     stored_history = fit(stored, data, RECIPE, CPU, seed=3, targets=targets_for(label_store=store))
@@ -158,7 +158,7 @@ def test_stored_ensemble_labels_train_the_same_student_as_the_online_ensemble(tm
     for a, b in zip(online.state_dict().values(), stored.state_dict().values()):
         assert torch.equal(a, b)
     top3 = tmp_path / "top3/meta.json"
-    write_label_store(top3, data, ensemble(), RECIPE, 3, CPU, set_hash="abc", num_classes=10, image_size=28,
+    write_label_store(top3, data, ensemble(), RECIPE, 3, CPU, DatasetInfo("toy", 10, 1, 28, None, None), set_hash="abc",
                       keep_topk=3)
     store = LabelStore(top3, set_hash="abc", recipe=RECIPE, seed=3, chunks=1, num_images=len(data), num_classes=10,
                        keep_topk=3)
@@ -207,7 +207,7 @@ def test_a_shuffle_patches_student_reads_the_same_pixels_from_a_store(tmp_path):
     online, stored = _student(), _student()
     online_history = fit(online, data, recipe, CPU, seed=3, targets=targets_for(_teacher(1)))
     meta = tmp_path / "store/meta.json"
-    write_label_store(meta, data, _teacher(1), recipe, 3, CPU, set_hash="abc", num_classes=10, image_size=28,
+    write_label_store(meta, data, _teacher(1), recipe, 3, CPU, DatasetInfo("toy", 10, 1, 28, None, None), set_hash="abc",
                       logits_dtype=torch.float32)
     store = LabelStore(meta, set_hash="abc", recipe=recipe, seed=3, chunks=1, num_images=len(data), num_classes=10)
     assert [h["loss"] for h in fit(stored, data, recipe, CPU, seed=3, targets=targets_for(label_store=store))] == \

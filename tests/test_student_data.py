@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from teddy.data import TensorImageDataset
+from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.student_data import MIX_CUTMIX, StudentData, load_student_set, mixed_cross_entropy, plan_epoch, roi_crop
 
 CPU = torch.device("cpu")
@@ -176,7 +176,6 @@ def test_device_streamed_and_memory_paths_give_the_same_batches(tmp_path, augmen
 def test_stored_labels_made_on_one_path_serve_the_other(tmp_path):
     """A store written while streaming trains the same student on the device path (and back)
     as online KD does; fit on device pixels equals fit on host tensors bit for bit."""
-    from teddy.data import DatasetInfo
     from teddy.label_store import LabelStore, write_label_store
     from teddy.models import build_model
     from teddy.train import fit, targets_for
@@ -203,8 +202,7 @@ def test_stored_labels_made_on_one_path_serve_the_other(tmp_path):
         assert all(torch.equal(v, online[name][1][k]) for k, v in online["memory"][1].items()), name
     for made_on, used_on in (("streamed", "device"), ("device", "streamed"), ("device", "memory")):
         store = tmp_path / f"store_{made_on}_{used_on}/meta.json"
-        write_label_store(store, placements[made_on], teacher, recipe, 3, CPU, set_hash=meta["set_hash"],
-                          num_classes=3, image_size=16, logits_dtype=torch.float32)
+        write_label_store(store, placements[made_on], teacher, recipe, 3, CPU, DatasetInfo("toy", 3, 1, 16, None, None), set_hash=meta["set_hash"], logits_dtype=torch.float32)
         labels = LabelStore(store, set_hash=meta["set_hash"], recipe=recipe, seed=3, chunks=1, num_images=12,
                             num_classes=3)
         assert run(placements[used_on], label_store=labels)[0] == online["memory"][0], (made_on, used_on)
@@ -494,7 +492,6 @@ def test_dsa_draws_one_family_per_batch_from_its_strategy():
 def test_stored_labels_replay_the_benchmark_augmentations(tmp_path, augment):
     """The plan's new fields go into the store's epoch files, and the student reading them
     trains as the online-KD student does."""
-    from teddy.data import DatasetInfo
     from teddy.label_store import LabelStore, epoch_path, write_label_store
     from teddy.models import build_model
     from teddy.train import fit, targets_for
@@ -514,8 +511,7 @@ def test_stored_labels_replay_the_benchmark_augmentations(tmp_path, augment):
     teacher = build_model("convnet", 3, 1, 16, depth=2, width=4).eval()
     online = run(placements["memory"], teacher=teacher)
     store = tmp_path / "store/meta.json"
-    write_label_store(store, placements["streamed"], teacher, recipe, 3, CPU, set_hash=meta["set_hash"],
-                      num_classes=3, image_size=16, logits_dtype=torch.float32)
+    write_label_store(store, placements["streamed"], teacher, recipe, 3, CPU, DatasetInfo("toy", 3, 1, 16, None, None), set_hash=meta["set_hash"], logits_dtype=torch.float32)
     saved = torch.load(epoch_path(store.parent, 0), weights_only=False)
     assert {"dc_op", "dc_arg", "dc_noise_seed"} <= set(saved) if augment.startswith("dc") else "dsa_param" in saved
     labels = LabelStore(store, set_hash=meta["set_hash"], recipe=recipe, seed=3, chunks=1, num_images=12,

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from teddy.data import DatasetInfo
 from teddy.errors import TeddyError
 from teddy.io import load_json, load_torch, save_json, save_torch
 from teddy.recipes import autocast_for, compiled, trained_epochs
@@ -72,12 +73,15 @@ def store_settings(recipe: dict, seed: int, chunks: int, num_images: int, num_cl
 
 
 @torch.no_grad()
-def write_label_store(meta_path, dataset, teacher: nn.Module, recipe: dict, seed: int, device: torch.device, *,
-                      set_hash: str, num_classes: int, image_size: int, keep_topk: int | None = None,
-                      chunks: int = 1, mean=None, std=None, num_workers: int = 0,
+def write_label_store(meta_path, dataset, teacher: nn.Module, recipe: dict, seed: int, device: torch.device,
+                      info: DatasetInfo, *, set_hash: str, keep_topk: int | None = None, chunks: int = 1,
                       logits_dtype: torch.dtype = torch.float16) -> dict:
-    """Write the store of one student seed; `chunks` = processes x accumulation steps of the
-    student runs that will read it (CutMix/Mixup partners are drawn within chunks)."""
+    """Write the store of one student seed; `info` gives the classes, the crop size and (for
+    images stored as pixels) the normalisation; `chunks` = processes x accumulation steps of the
+    student runs that will read it (CutMix/Mixup partners are drawn within chunks). The set's
+    DataLoader workers are its own `num_workers` (teddy.data.FolderSubset), as in train.fit."""
+    num_classes, image_size, mean, std = info.num_classes, info.image_size, info.mean, info.std
+    num_workers = getattr(dataset, "num_workers", 0)
     keep_topk = int(keep_topk or num_classes)
     if keep_topk > num_classes:
         raise TeddyError(f"evaluate.keep_topk={keep_topk} exceeds the {num_classes} classes")

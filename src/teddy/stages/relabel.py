@@ -51,7 +51,5 @@ def run(settings: dict, inputs, outputs, machine: Machine) -> dict:
     teacher = load_teacher(inputs.teacher, settings["teacher"] if isinstance(settings["teacher"], dict) else None)
     recipe = student_recipe(settings, len(train_set), machine, info.num_classes)
     chunks = student_processes(settings, device) * int(settings["recipe"]["accumulate"])
-    return write_label_store(outputs[0], train_set, teacher, recipe, settings["seed"], device,
-                             set_hash=meta["set_hash"], num_classes=info.num_classes, image_size=info.image_size,
-                             keep_topk=settings["keep_topk"], chunks=chunks, mean=info.mean, std=info.std,
-                             num_workers=getattr(train_set, "num_workers", 0))
+    return write_label_store(outputs[0], train_set, teacher, recipe, settings["seed"], device, info,
+                             set_hash=meta["set_hash"], keep_topk=settings["keep_topk"], chunks=chunks)
