@@ -10,32 +10,19 @@ import shutil
 
 import pytest
 import yaml
-from fixtures import REPO, job_counts, snakemake, write_cifar, write_image_folder
+from fixtures import REPO, job_counts, snakemake, stand_in
 
 from teddy.datasets import load_split
 from teddy.jobs import method_eval_seeds, method_ipcs, shard_count
 from teddy.pool import member_names
 from teddy.protocols import cells
 
-# every workflow config (config/protocols/ holds evaluation protocols, validated in tests/test_protocols.py)
+# every workflow config (config/protocols/ and its named/ folder hold evaluation protocols,
+# validated in tests/test_protocols.py)
 CONFIGS = sorted(str(p.relative_to(REPO / "config")) for p in (REPO / "config").rglob("*.yaml")
-                 if p.parent.name != "protocols")
+                 if "protocols" not in p.relative_to(REPO / "config").parts)
 PAPER_CONFIGS = ["cifar10", "cifar100", "tiny_imagenet", "imagenet1k"]
 GPU_RULES = ("train_base", "pool_member", "distill", "evaluate")  # and train_prior where a pool has its own run
-
-
-def stand_in(name: str, root, cfg: dict):
-    """A few images of the dataset in its real on-disk format; a class-folder tree (counted when
-    the config loads) holds enough per class for the config's largest IPC and RDED candidates."""
-    if name == "cifar10":
-        return write_cifar(root, 10, n_per_batch=20)
-    if name == "cifar100":
-        return write_cifar(root, 100, n_per_batch=100)
-    rded = [m.get("candidates_per_class") or 0 for m in cfg["distill"]["methods"].values() if m["method"] == "rded"]
-    needed = max(cfg["distill"]["ipc"] + rded)
-    per_class = int(needed / (1 - cfg["dataset"]["val_fraction"])) + 2
-    return write_image_folder(root, per_class=per_class, size=64 if name == "tiny_imagenet" else 80,
-                              words=name == "tiny_imagenet")
 
 
 def gpus_by_rule(output: str) -> dict[str, set[int]]:
