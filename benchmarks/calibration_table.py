@@ -1,4 +1,6 @@
-"""The calibration table: our random-subset, herding and whole-set rows under the dc protocol
+"""Do our random, herding and whole-set rows under the dc protocol match DC's published ones?
+
+The calibration table: our random-subset, herding and whole-set rows under the dc protocol
 beside DC's published baselines (config/calibration.yaml, config/calibration_mnist.yaml); with
 config/dc_comparison.yaml, each distilled entry's row (and its distillation time) under the same
 protocol.
@@ -21,18 +23,19 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from teddy.config import load_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import REPO, cell_table_head, load_config_file, print_page
+
 from teddy.jobs import eval_cell, eval_result_path, method_eval_seeds, method_ipcs
 from teddy.protocols import cells
 from teddy.published import load_published
 from teddy.report import mean_std_text
 
-REPO = Path(__file__).resolve().parents[1]
 SELECTION = ("random", "herding")  # baselines whose published rows DC's Table 1 gives
 REFERENCE = "dc"  # the published method a distilled entry's row is set beside (teddy's gradient form is DC's objective)
 
@@ -74,9 +77,8 @@ def table(cfg: dict) -> tuple[str, float]:
     lines, total = [], 0.0
     for arch, protocol in cells(cfg):
         ours = published[(published["protocol"] == protocol) & (published["student"] == arch)]
-        lines += [f"### {arch}, protocol {protocol}", "",
-                  "| row | IPC | ours (top-1 %) | published (DC Table 1) | within 2σ | our runs' wall time |",
-                  "|---|---|---|---|---|---|"]
+        lines += cell_table_head(arch, protocol, ["row", "IPC", "ours (top-1 %)", "published (DC Table 1)",
+                                                  "within 2σ", "our runs' wall time"])
         methods = cfg["distill"]["methods"]
         groups: dict[str, list[str]] = {}  # a selection baseline's entries pool; any other entry is its own row
         for name, recipe in methods.items():
@@ -151,12 +153,9 @@ def main():
     parser.add_argument("--configfile", default=str(REPO / "config" / "calibration.yaml"))
     parser.add_argument("--out", default=None, help="also write the Markdown here")
     args = parser.parse_args()
-    cfg = load_config(yaml.safe_load(Path(args.configfile).read_text()))
-    body, total = table(cfg)
-    page = f"{body}\nSum of the listed runs' wall times: {total / 3600:.2f} h (Snakemake benchmark files).\n"
-    print(page)
-    if args.out:
-        Path(args.out).write_text(page)
+    body, total = table(load_config_file(args.configfile))
+    print_page(f"{body}\nSum of the listed runs' wall times: {total / 3600:.2f} h (Snakemake benchmark files).\n",
+               args.out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Students trained by one process and by two gloo processes (torch.distributed on CPU, launched
+"""Does training a student on two processes (DDP) learn what one process learns?
+
+Students trained by one process and by two gloo processes (torch.distributed on CPU, launched
 with torchrun through teddy.distributed.launch) with the same global batch: loss curves and
 final accuracy side by side.
 

@@ -1,4 +1,6 @@
-"""Wall time of the Fashion-MNIST demo's student loop (config/config.yaml: ConvNet-3 width 32,
+"""How long does the demo's student loop take, and did a change make it faster?
+
+Wall time of the Fashion-MNIST demo's student loop (config/config.yaml: ConvNet-3 width 32,
 the recipe of its first protocol, teddy_small_kd: 400 epochs, AdamW, online KD from a ConvNet
 teacher, flip + shift) on a 100-image set (IPC 10),
 one thread. Run it with PYTHONPATH pointing at two checkouts to compare them:
@@ -8,18 +10,20 @@ one thread. Run it with PYTHONPATH pointing at two checkouts to compare them:
 
 from __future__ import annotations
 
-import time
+import sys
 from pathlib import Path
 
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import REPO, timed
 
 from teddy.data import TensorImageDataset
 from teddy.models import build_model
 from teddy.protocols import config_protocol
 from teddy.train import fit, targets_for
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -35,9 +39,9 @@ def main() -> None:
     for _ in range(3):
         torch.manual_seed(2)
         student = build_model("convnet", 10, 1, 28, depth=3, width=32)
-        t0 = time.perf_counter()
-        history = fit(student, data, recipe, torch.device("cpu"), seed=0, targets=targets_for(teacher))
-        times.append(time.perf_counter() - t0)
+        history, seconds = timed(lambda: fit(student, data, recipe, torch.device("cpu"), seed=0,
+                                             targets=targets_for(teacher)))
+        times.append(seconds)
     print(f"{recipe['epochs']} epochs: best of 3 {min(times):.2f} s (all: {', '.join(f'{t:.2f}' for t in times)}); "
           f"final loss {history[-1]['loss']:.6f}")
 

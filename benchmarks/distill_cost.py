@@ -1,4 +1,6 @@
-"""Cost of one distillation iteration: teddy (statistics and gradient matching), sre2l and the
+"""What does one distillation iteration cost, per method and per unrolled step count?
+
+Cost of one distillation iteration: teddy (statistics and gradient matching), sre2l and the
 unrolled bilevel objective at K = 1, 5, 10, 20, on the same batch and model, in one run.
 
 Each configuration runs through the real harness (`optimise_synthetic`) with its real loss
@@ -38,6 +40,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import REPO, cpu_name
+
 from teddy.data import TensorImageDataset
 from teddy.datasets import dataset_info, load_split
 from teddy.methods import bilevel, full_recipe, teddy
@@ -46,7 +51,6 @@ from teddy.models import build_model
 from teddy.pool import WeakPool
 from teddy.shards import batch_plan
 
-REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -55,13 +59,6 @@ def proc_status_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 class IterationMeter:

@@ -1,4 +1,6 @@
-"""Peak memory of one distill shard at IPC 1, 10 and 50 with a fixed batch size: flat in IPC.
+"""Does a distill shard's peak memory stay flat as IPC grows?
+
+Peak memory of one distill shard at IPC 1, 10 and 50 with a fixed batch size: flat in IPC.
 
 Writes a Tiny-ImageNet-shaped stand-in (200 classes, 64x64 JPEGs in the ImageFolder layout,
 `--per-class` training images each), one pool member (a small ConvNet, BatchNorm statistics

@@ -1,4 +1,6 @@
-"""Distillation step throughput against its own ceiling, for stacked synthetic batches.
+"""How close does a distillation step on stacked synthetic batches come to its ceiling?
+
+Distillation step throughput against its own ceiling, for stacked synthetic batches.
 
 For each stack G (`--stacks`) and pool size P (`--members`): image-steps per second of the
 pipeline's loop (`teddy.methods.base.optimise_stack`: G batches of `--batch` images, augmentation,
@@ -34,27 +36,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def cpu_name() -> str:
-    path = Path("/proc/cpuinfo")
-    for line in path.read_text().splitlines() if path.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import REPO, cpu_name, sync, timed
 
 
 def members(args, count: int, device: torch.device) -> list[torch.nn.Module]:
@@ -102,10 +91,7 @@ def pipeline_rate(args, pool, G: int, device: torch.device) -> tuple[float, floa
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    run(args.steps)
-    sync(device)
-    seconds = time.perf_counter() - t0
+    _, seconds = timed(lambda: run(args.steps), device)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     return G * args.batch * args.steps / seconds, peak
 
@@ -132,11 +118,7 @@ def ceiling_rate(args, model, total: int, device: torch.device) -> tuple[float, 
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync(device)
-    seconds = time.perf_counter() - t0
+    _, seconds = timed(lambda: [step() for _ in range(args.steps)], device)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     return total * args.steps / seconds, peak
 

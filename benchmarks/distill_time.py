@@ -1,4 +1,6 @@
-"""Whole-distillation time per synthetic image: rded beside teddy and sre2l, same data, same
+"""How long does each method take per synthetic image, end to end?
+
+Whole-distillation time per synthetic image: rded beside teddy and sre2l, same data, same
 machine, one run each, through `teddy.methods.get_method` (what the distill rule calls).
 
 Setting (Fashion-MNIST shapes, the default config's): the real training split of
@@ -25,18 +27,19 @@ import datetime
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import REPO, cpu_name, timed
 
 from teddy.datasets import dataset_info, load_split
 from teddy.methods import DistillTask, get_method
 from teddy.models import build_model
 from teddy.pool import WeakPool
 
-REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- begin distill_time.py -->", "<!-- end distill_time.py -->"
 
 
@@ -46,13 +49,6 @@ def convnets(count: int, info) -> list[torch.nn.Module]:
         torch.manual_seed(i)
         members.append(build_model("convnet", info.num_classes, info.channels, info.image_size, depth=3, width=32))
     return members
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def replace_section(path: Path, section: str) -> None:
@@ -96,13 +92,7 @@ def main():
         for name, recipe, members in cases:
             pool = WeakPool(convnets(members, info), ["base"] if members == 1 else [f"m{i}" for i in range(members)])
             task = DistillTask(real, info, pool, ipc, dict(recipe), seed=0, device=device)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            result = get_method(recipe["method"])(task)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
+            result, seconds = timed(lambda: get_method(recipe["method"])(task), device)
             row = {"method": name, "ipc": ipc, "images": len(result.labels), "seconds": seconds,
                    "per_image": seconds / len(result.labels)}
             print(row, file=sys.stderr, flush=True)

@@ -1,4 +1,6 @@
-"""Peak memory of one student-training job on a generated 100-class, 224-pixel stand-in set at
+"""How much memory does a student job need, with the set in memory or streamed from PNGs?
+
+Peak memory of one student-training job on a generated 100-class, 224-pixel stand-in set at
 IPC 1, 10 and 50: the set held in memory (the small-set fast path) against the set streamed
 from its PNGs by DataLoader workers (what evaluate does above evaluate.in_memory_max_mb).
 
@@ -16,11 +18,13 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import timed
 
 from teddy.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from teddy.distilled_set import write_images, write_meta
@@ -50,9 +54,7 @@ def child(set_dir: str, mode: str, workers: int) -> None:
     model = build_model("convnet", CLASSES, 3, SIZE, depth=2, width=8)
     recipe = {"epochs": 1, "batch_size": 50, "optimizer": "adamw", "lr": 1e-3,
               "augment": {"crop": True, "crop_scale": [0.08, 1.0], "flip": True}}
-    t0 = time.perf_counter()
-    fit(model, dataset, recipe, torch.device("cpu"), seed=0, info=info)
-    seconds = time.perf_counter() - t0
+    _, seconds = timed(lambda: fit(model, dataset, recipe, torch.device("cpu"), seed=0, info=info))
     main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     del dataset
     import gc

@@ -1,4 +1,6 @@
-"""One ImageNet-shaped synthetic batch on the GPU: seconds per 1000 steps, peak GPU memory, and the
+"""How fast is one ImageNet-shaped synthetic batch on a GPU, and what would ImageNet-1K distillation cost?
+
+One ImageNet-shaped synthetic batch on the GPU: seconds per 1000 steps, peak GPU memory, and the
 GPU-hours of ImageNet-1K distillation projected from them.
 
 torchvision's ResNet-18 (random weights, 1000 classes) as the one pool member; a batch of 100

@@ -1,4 +1,6 @@
-"""The real workflow on a GPU: the default DAG on a small generated Fashion-MNIST-format set, with
+"""Does the whole workflow run on a GPU, through every CUDA code path?
+
+The real workflow on a GPU: the default DAG on a small generated Fashion-MNIST-format set, with
 device cuda, bf16 autocast and channels-last switched on in every recipe (the students' through
 evaluate.amp / channels_last; each evaluation protocol copied to the workdir with 20 epochs), run
 by Snakemake as a user would. It proves the CUDA code paths (placement, pinned memory, autocast, channels-last,
@@ -15,13 +17,13 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import REPO, timed
 sys.path.insert(0, str(REPO / "tests"))
 
 
@@ -58,10 +60,9 @@ def main() -> int:
     cfg["protocols_dir"] = str(short.resolve())
     (work / "config").mkdir(parents=True, exist_ok=True)
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-                           "--directory", str(work), "--cores", str(args.cores)], capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+               "--directory", str(work), "--cores", str(args.cores)]
+    proc, seconds = timed(lambda: subprocess.run(command, capture_output=True, text=True))
     print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}; snakemake exit {proc.returncode} "
           f"after {seconds:.0f} s")
     if proc.returncode != 0:

@@ -1,4 +1,6 @@
-"""Stored-label disk size: predicted (teddy.label_store.predicted_bytes_per_epoch, the README
+"""How large is a stored-label file, predicted against measured?
+
+Stored-label disk size: predicted (teddy.label_store.predicted_bytes_per_epoch, the README
 formula) against measured, on a generated 100-class 32-pixel set, plus the formula's
 projection for ImageNet-1K.
 

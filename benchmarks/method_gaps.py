@@ -11,11 +11,12 @@ over sqrt(std_method^2 + std_baseline^2).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import cell_table_head, load_config_file, print_page, table_head
 
-from teddy.config import load_config
 from teddy.jobs import eval_result_path
 from teddy.report import accuracy_table, collect_results, mean_std_text, method_gaps, requested_cells
 from teddy.stages import aggregate
@@ -38,8 +39,7 @@ def page(cfg: dict, method: str, against: list[str], protocols: list[str] | None
     table = accuracy_table(collect_results(present))
     for (arch, protocol), block in table.groupby(["arch", "protocol"], sort=False):
         ipcs = sorted(block["ipc"].unique())
-        lines += [f"### {arch}, protocol {protocol}", "",
-                  "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |", "|---|" + "---|" * len(ipcs)]
+        lines += cell_table_head(arch, protocol, ["method", *(f"IPC {i}" for i in ipcs)])
         for name, rows in block.groupby("method", sort=False):
             cells = []
             for ipc in ipcs:
@@ -53,8 +53,7 @@ def page(cfg: dict, method: str, against: list[str], protocols: list[str] | None
         lines.append("")
     gaps = method_gaps(table, method, against)
     lines += [f"### {method} against {', '.join(against)}", "",
-              "| student | protocol | IPC | baseline | difference (points) | in σ of the difference |",
-              "|---|---|---|---|---|---|"]
+              *table_head(["student", "protocol", "IPC", "baseline", "difference (points)", "in σ of the difference"])]
     for g in gaps.itertuples(index=False):
         sigmas = "–" if g.sigmas != g.sigmas else f"{g.sigmas:+.2f}"
         lines.append(f"| {g.arch} | {g.protocol} | {g.ipc} | {g.baseline} | {g.diff:+.2f} | {sigmas} |")
@@ -69,11 +68,7 @@ def main():
     parser.add_argument("--protocol", nargs="*", default=None, help="only these protocols")
     parser.add_argument("--out", default=None, help="also write the Markdown here")
     args = parser.parse_args()
-    cfg = load_config(yaml.safe_load(Path(args.configfile).read_text()))
-    text = page(cfg, args.method, args.against, args.protocol)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    print_page(page(load_config_file(args.configfile), args.method, args.against, args.protocol), args.out)
 
 
 if __name__ == "__main__":

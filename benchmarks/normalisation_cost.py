@@ -1,4 +1,6 @@
-"""Cost of the first run's extra step on a class-folder dataset: rule normalisation opens every
+"""How long does the normalisation step of a class-folder dataset take per image?
+
+Cost of the first run's extra step on a class-folder dataset: rule normalisation opens every
 image of both splits once (decode, convert, resize) and accumulates the training split's
 per-channel sums. This measures it on a generated tree of JPEGs (ten classes, like the ImageNet
 subsets) at a source size and a target size, and prints images per second, so the time of a
@@ -13,12 +15,14 @@ import argparse
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import timed
 
 from teddy.image_folder import compute_normalisation
 
@@ -51,9 +55,7 @@ def main() -> None:
         n = write_tree(root, args.classes, args.per_class, args.source)
         cfg = {"name": "image_folder", "root": str(root), "image_size": args.size, "channels": 3,
                "resize": args.resize}
-        t0 = time.perf_counter()
-        compute_normalisation(cfg)
-        seconds = time.perf_counter() - t0
+        _, seconds = timed(lambda: compute_normalisation(cfg))
     print(f"machine: {platform.machine()} {platform.processor() or ''}, python {sys.version.split()[0]}, "
           f"torch {torch.__version__}, 1 thread")
     print(f"{n} JPEGs of {args.source}x{args.source * 4 // 3} -> {args.size} px ({args.resize}): "

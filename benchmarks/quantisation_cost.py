@@ -1,4 +1,6 @@
-"""What storing a distilled set as uint8 PNGs costs in accuracy: one student trained on the float
+"""How much accuracy does storing a distilled set as uint8 PNGs cost?
+
+What storing a distilled set as uint8 PNGs costs in accuracy: one student trained on the float
 images and one on the same images quantised (teddy.distilled_set.quantise), all else equal.
 
 Needs a finished run of the config (base model and pool members under results_dir). The float set

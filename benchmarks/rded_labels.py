@@ -1,4 +1,6 @@
-"""Whole-image vs region-wise teacher labels for an rded set, measured once on Fashion-MNIST.
+"""Do region-wise teacher labels beat whole-image labels for an rded set?
+
+Whole-image vs region-wise teacher labels for an rded set, measured once on Fashion-MNIST.
 
 1. A teacher (ConvNet-3 width 32, the default config's base recipe, `--teacher-epochs` epochs on
    the real training split) is trained and is also rded's observer.

@@ -1,6 +1,8 @@
-"""What a cluster run asks for, job by job, from each stage's resources (teddy.stages, first
-attempt), with the expected GPU-hours (runtime x GPUs, the formula's runtime includes its 1.5x
-margin and 10 min per job).
+"""What does a cluster run ask for, job by job, and how many GPU-hours in all?
+
+Each job of the workflow's own job list (teddy.jobs.job_list) with what its stage's resources ask
+on the first attempt, and the expected GPU-hours (runtime x GPUs; the cost model's runtime
+includes its 1.5x margin and 10 min per job).
 
     PYTHONPATH=src .venv/bin/python benchmarks/resources_table.py config/imagenet1k.yaml config/tiny_imagenet.yaml
 """
@@ -8,42 +10,29 @@ margin and 10 min per job).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import load_config_file, table_head  # noqa: E402
 
-from teddy.config import load_config
-from teddy.cpus import cpu_split
-from teddy.jobs import shard_count
-from teddy.machine import machine_from_config
-from teddy.pool import member_names
-from teddy.protocols import cells, config_protocol
-from teddy.stages import stage
+from teddy.cpus import cpu_split  # noqa: E402
+from teddy.jobs import job_list  # noqa: E402
+from teddy.machine import machine_from_config  # noqa: E402
+from teddy.stages import stage  # noqa: E402
+
+# wildcards whose jobs ask for the same resources: one row per rule and the other wildcards
+SAME_RESOURCES = ("shard", "seed", "member")
 
 
 def jobs(cfg: dict):
-    """(rule, wildcards, count) of every job of the config's DAG that asks for resources."""
-    ev = cfg["evaluate"]
-    methods, seeds = cfg["distill"]["methods"], ev["seeds"]
-    pools = sorted({r["pool"] for r in methods.values() if r.get("pool")})
-    # protocols whose teacher outputs rule relabel stores (KD protocols under teacher_outputs: stored)
-    stored = [name for name in ev["protocols"]
-              if ev.get("teacher_outputs") == "stored" and config_protocol(cfg, name)["labels"] == "kd"]
-    yield "train_base", {"arch": cfg["base"]["arch"]}, 1
-    for p in pools:
-        if cfg["pools"][p].get("recipe"):
-            yield "train_prior", {"pool": p}, 1
-        for m in member_names(cfg["pools"][p])[:1]:
-            yield "pool_member", {"pool": p, "member": m}, len(member_names(cfg["pools"][p]))
-    for ipc in cfg["distill"]["ipc"]:
-        for m in methods:
-            yield "distill", {"method": m, "ipc": ipc, "shard": 0}, shard_count(cfg, m, ipc)  # one job per shard
-            yield "gather", {"method": m, "ipc": ipc}, 1
-            for name in stored:
-                yield "relabel", {"method": m, "ipc": ipc, "protocol": name, "seed": seeds[0]}, len(seeds)
-            for arch, name in cells(cfg):
-                yield "evaluate", {"method": m, "ipc": ipc, "arch": arch, "protocol": name, "seed": seeds[0]}, \
-                    len(seeds)
+    """(rule, wildcards, count) of every job of the config's DAG (teddy.jobs.job_list), jobs that
+    differ only in a shard, seed or pool member counted on one row (its first job's wildcards)."""
+    rows: dict[tuple, list] = {}
+    for job in job_list(cfg):
+        key = (job.rule, tuple((k, v) for k, v in job.wildcards if k not in SAME_RESOURCES))
+        rows.setdefault(key, [job.rule, job.wildcard_dict, 0])[2] += 1
+    yield from (tuple(row) for row in rows.values())
 
 
 def threads(cfg: dict, rule: str) -> int:
@@ -54,11 +43,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="*", default=["config/imagenet1k.yaml", "config/tiny_imagenet.yaml"])
     for path in parser.parse_args().configs:
-        cfg = load_config(yaml.safe_load(Path(path).read_text()))
+        cfg = load_config_file(path)
         machine = machine_from_config(cfg)
         print(f"\n{path} (dataset {cfg['dataset']['name']}, gpus_per_job {cfg['gpus_per_job']})")
-        print("| job | wildcards | jobs | mem_mb | runtime (min) | cpus_per_task | GPUs | GPU-hours (all jobs) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(table_head(["job", "wildcards", "jobs", "mem_mb", "runtime (min)", "cpus_per_task", "GPUs",
+                                     "GPU-hours (all jobs)"])))
         total, by_rule, gpu_jobs, largest = 0.0, {}, 0, None
         for rule, wildcards, count in jobs(cfg):
             mod = stage(rule)

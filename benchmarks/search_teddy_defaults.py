@@ -1,4 +1,6 @@
-"""Choose the default teddy settings of config/config.yaml by a small search on a validation
+"""Which teddy settings should the demo use, chosen on a validation split?
+
+Choose the default teddy settings of config/config.yaml by a small search on a validation
 split held out of the training set (never the test set).
 
 Reuses the base model and prior snapshots of a finished run of --config (default: the demo's,
@@ -18,12 +20,15 @@ import datetime
 import itertools
 import os
 import platform
-import time
+import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import REPO, timed
 
 from teddy.data import TensorImageDataset
 from teddy.datasets import dataset_info, load_split
@@ -33,7 +38,6 @@ from teddy.protocols import config_protocol
 from teddy.stages import build
 from teddy.train import evaluate_accuracy, fit, targets_for
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def student_val_accuracy(cfg, images, labels, teacher, val_set, seed, recipe):
@@ -96,9 +100,7 @@ def main():
         recipe = {**base_recipe, "lr": cand["lr"], "alpha": cand["alpha"], "ce_weight": cand["ce_weight"],
                   "init": cand["init"], "iterations": cand["iterations"], "augment": augment, "log_every": 10_000}
         task = DistillTask(real, info, pool, args.ipc, recipe, seed=0)
-        t0 = time.perf_counter()
-        out = get_method("teddy")(task)
-        seconds = time.perf_counter() - t0
+        out, seconds = timed(lambda: get_method("teddy")(task))
         accs = [student_val_accuracy(cfg, out.images, out.labels, teacher, val_set, s, eval_recipe) for s in args.seeds]
         pool_label = "single base model" if pools[cand["pool"]] is None else f"snapshots of epochs {cand['pool']}"
         rows.append({"candidate": f"teddy, {pool_label}, lr={cand['lr']}, alpha={cand['alpha']}, "

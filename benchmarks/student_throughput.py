@@ -1,4 +1,6 @@
-"""The student step against its own ceiling: images per second of the pipeline's loop (one epoch
+"""How close does the student training loop come to its own ceiling, and what does the ImageNet-1K grid cost?
+
+The student step against its own ceiling: images per second of the pipeline's loop (one epoch
 of teddy.train.fit with online KD, on a synthetic set of random uint8 images held on the device:
 gather, normalise, per-image random-resized crop, flip and CutMix there) beside the bare step of
 the same networks on random tensors at the same batch on the same device (the student's forward,
@@ -36,13 +38,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import REPO, config_jobs, grid_hours, second_epoch_rate, student_runs_per_ipc, table_head, timed
 
 from teddy.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, TensorImageDataset
 from teddy.distilled_set import from_uint8
@@ -53,14 +58,6 @@ from teddy.protocols import config_protocol, config_protocols, evaluates
 from teddy.recipes import autocast_for, compiled, make_optimizer
 from teddy.student_data import PixelSet
 from teddy.student_run import student_recipe_settings
-from teddy.train import fit, targets_for
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reset_peak(device: torch.device) -> None:
@@ -113,16 +110,10 @@ def pipeline_rate(arch: str, teacher, data, recipe: dict, args, device: torch.de
     """Images per second of fit's second epoch (the first warms up cuDNN, allocator, compile)."""
     torch.manual_seed(0)
     student = build_model(arch, args.classes, 3, args.image_size)
-    stamps = []
-
-    def stamp(epoch, model, metrics):
-        sync(device)
-        stamps.append(time.perf_counter())
-
     reset_peak(device)
-    fit(student, data, recipe, device, seed=0, targets=targets_for(teacher), on_epoch_end=stamp,
-        info=DatasetInfo("synthetic", args.classes, 3, args.image_size, IMAGENET_MEAN, IMAGENET_STD))
-    return {"images_per_s": len(data) / (stamps[1] - stamps[0]), "peak_gpu_mb": peak_mb(device)}
+    rate = second_epoch_rate(student, data, recipe, device, teacher,
+                             DatasetInfo("synthetic", args.classes, 3, args.image_size, IMAGENET_MEAN, IMAGENET_STD))
+    return {"images_per_s": rate, "peak_gpu_mb": peak_mb(device)}
 
 
 def ceiling_rate(arch: str, teacher, recipe: dict, args, device: torch.device) -> dict:
@@ -155,30 +146,24 @@ def ceiling_rate(arch: str, teacher, recipe: dict, args, device: torch.device) -
     reset_peak(device)
     for _ in range(args.warmup):
         step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync(device)
-    return {"images_per_s": args.batch * args.steps / (time.perf_counter() - t0), "peak_gpu_mb": peak_mb(device)}
+    _, seconds = timed(lambda: [step() for _ in range(args.steps)], device)
+    return {"images_per_s": args.batch * args.steps / seconds, "peak_gpu_mb": peak_mb(device)}
 
 
-def grid_hours(cfg: dict, rates: dict, timed: str) -> dict:
+def student_grid(cfg: dict, rates: dict, timed_protocol: str) -> dict:
     """GPU-hours of the config's student grid, training only: epochs x IPC x classes images per
-    run, one run per (method, IPC, seed) of each (student, protocol) cell of a measured student,
-    at the protocol's epochs and the student's rate. A measured student that no protocol of the
-    config evaluates (a stand-in on CPU) is counted under `timed`, the protocol measured."""
-    ev = cfg["evaluate"]
-    methods, seeds = list(cfg["distill"]["methods"]), list(ev["seeds"])
+    run, one run per evaluate job (method, IPC, seed: each method's own IPCs and eval_seeds) of
+    each (student, protocol) cell of a measured student, at the protocol's epochs and the
+    student's rate. A measured student that no protocol of the config evaluates (a stand-in on
+    CPU) is counted under `timed_protocol`, the protocol measured."""
+    methods, seeds = list(cfg["distill"]["methods"]), list(cfg["evaluate"]["seeds"])
     protocols = config_protocols(cfg)
     grid_cells = [(arch, name) for arch in rates
-                  for name in ([n for n, p in protocols.items() if evaluates(p, arch)] or [timed])]
+                  for name in ([n for n, p in protocols.items() if evaluates(p, arch)] or [timed_protocol])]
     epochs = {name: int(config_protocol(cfg, name)["recipe"]["epochs"]) for _, name in grid_cells}
-    classes = 1000
-    runs = len(methods) * len(seeds)
-    table = {ipc: {arch: sum(epochs[p] for a, p in grid_cells if a == arch) * ipc * classes / rate / 3600 * runs
-                   for arch, rate in rates.items()}
-             for ipc in cfg["distill"]["ipc"]}
+    runs = student_runs_per_ipc(config_jobs(cfg))
+    table = grid_hours(runs, {arch: sum(epochs[p] for a, p in grid_cells if a == arch) for arch in rates}, rates,
+                       classes=1000)
     return {"runs_per_ipc_and_cell": runs, "methods": methods, "seeds": seeds, "cells": grid_cells,
             "epochs": epochs, "hours": table,
             "total": sum(h for row in table.values() for h in row.values())}
@@ -222,8 +207,8 @@ def main() -> None:
           f"{bool(recipe.get('channels_last')) and device.type == 'cuda'}, compile {bool(recipe.get('compile'))}")
     archs = list(cfg["evaluate"]["students"]) if args.grid else [args.arch]
     rows = {}
-    print("| student | pipeline images/s | ceiling images/s | ratio | peak GPU MiB (pipeline / ceiling) |")
-    print("|---|---|---|---|---|")
+    print("\n".join(table_head(["student", "pipeline images/s", "ceiling images/s", "ratio",
+                                 "peak GPU MiB (pipeline / ceiling)"])))
     with tempfile.TemporaryDirectory() as tmp:
         data = synthetic_set(args, device, Path(tmp))
         for arch in archs:
@@ -236,14 +221,14 @@ def main() -> None:
             rows[arch] = {"pipeline": pipe, "ceiling": bare, "ratio": pipe["images_per_s"] / bare["images_per_s"]}
             print(f"| {arch} | {pipe['images_per_s']:.1f} | {bare['images_per_s']:.1f} | {rows[arch]['ratio']:.2f} | "
                   f"{pipe['peak_gpu_mb'] or 'n/a'} / {bare['peak_gpu_mb'] or 'n/a'} |", flush=True)
-    grid = grid_hours(cfg, {a: r["pipeline"]["images_per_s"] for a, r in rows.items()},
+    grid = student_grid(cfg, {a: r["pipeline"]["images_per_s"] for a, r in rows.items()},
                       config_protocol(cfg, args.protocol)["name"])
     cells_text = ", ".join(f"{a}/{p} ({grid['epochs'][p]} epochs)" for a, p in grid["cells"])
     print(f"\nProjected hours of the {Path(args.config).name} student grid at the pipeline's rate "
-          f"({len(grid['methods'])} methods x {len(grid['seeds'])} seeds per (student, protocol) cell: {cells_text}; "
+          f"(runs per (student, protocol) cell, each method's IPCs and student seeds: "
+          f"{', '.join(f'IPC {ipc} {n}' for ipc, n in grid['runs_per_ipc_and_cell'].items())}; cells {cells_text}; "
           f"training only; students measured: {', '.join(rows)}):")
-    print("| IPC | " + " | ".join(rows) + " | total |")
-    print("|---|" + "---|" * (len(rows) + 1))
+    print("\n".join(table_head(["IPC", *rows, "total"])))
     for ipc, hours in grid["hours"].items():
         print(f"| {ipc} | " + " | ".join(f"{h:.1f}" for h in hours.values()) + f" | {sum(hours.values()):.1f} |")
     print(f"grid total: {grid['total']:.1f} device-hours" + ("" if device.type == "cuda" else " (CPU: not GPU-hours)"))

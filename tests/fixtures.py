@@ -190,6 +190,20 @@ def write_class_folders(root: Path, classes, per_class=3, size=20, channels=3, t
     return root
 
 
+def stand_in(name: str, root, cfg: dict):
+    """A few images of the dataset in its real on-disk format; a class-folder tree (counted when
+    the config loads) holds enough per class for the config's largest IPC and RDED candidates."""
+    if name == "cifar10":
+        return write_cifar(root, 10, n_per_batch=20)
+    if name == "cifar100":
+        return write_cifar(root, 100, n_per_batch=100)
+    rded = [m.get("candidates_per_class") or 0 for m in cfg["distill"]["methods"].values() if m["method"] == "rded"]
+    needed = max(cfg["distill"]["ipc"] + rded)
+    per_class = int(needed / (1 - cfg["dataset"]["val_fraction"])) + 2
+    return write_image_folder(root, per_class=per_class, size=64 if name == "tiny_imagenet" else 80,
+                              words=name == "tiny_imagenet")
+
+
 def write_png_set(set_dir: Path, images, labels, mean, std, class_names, ipc: int, method: str = "fixture") -> Path:
     """A distilled set in the on-disk format (teddy.distilled_set); returns its meta.json."""
     from teddy.distilled_set import index_within_class, write_images, write_meta

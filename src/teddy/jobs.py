@@ -5,9 +5,13 @@ result lies, and what of a method's recipe its jobs record. The rules' targets
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from teddy.datasets import dataset_info
 from teddy.image_folder import class_folders, is_folder_dataset
 from teddy.methods import full_recipe, per_batch
+from teddy.pool import member_names
+from teddy.protocols import cells, config_protocols, teacher_archs
 from teddy.shards import num_batches, shard_ranges
 
 
@@ -66,6 +70,83 @@ def num_classes(dataset_cfg: dict) -> int:
     """The class count, known when the workflow loads (a class-folder dataset's normalisation file,
     which dataset_info may need for mean/std, does not exist yet then)."""
     return len(class_folders(dataset_cfg)) if is_folder_dataset(dataset_cfg) else dataset_info(dataset_cfg).num_classes
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of the workflow: its rule and its wildcards as (name, value) pairs in the rule's
+    order (a tuple, so that a Job hashes; `wildcard_dict` for a stage's settings)."""
+
+    rule: str
+    wildcards: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def wildcard_dict(self) -> dict:
+        return dict(self.wildcards)
+
+    def __getitem__(self, name: str):
+        return self.wildcard_dict[name]
+
+
+def _job(rule: str, **wildcards) -> Job:
+    return Job(rule, tuple(wildcards.items()))
+
+
+def used_pools(cfg: dict) -> list[str]:
+    """The pools the methods read that have members on disk (and so a manifest); a `fresh` pool
+    has neither."""
+    pools = {r["pool"] for r in cfg["distill"]["methods"].values() if r.get("pool")}
+    return sorted(p for p in pools if cfg["pools"][p]["generator"] != "fresh")
+
+
+def base_archs(cfg: dict) -> list[str]:
+    """The architectures rule train_base trains: the base model's when a kd protocol's teacher or
+    a pool reads it, then every other teacher architecture of the config's kd protocols."""
+    base = cfg["base"]["arch"]
+    teachers = {arch for p in config_protocols(cfg).values() for arch in teacher_archs(p, base)}  # empty: no kd
+    return ([base] if teachers or used_pools(cfg) else []) + sorted(teachers - {base})
+
+
+def stored_label_protocols(cfg: dict) -> list[str]:
+    """The evaluated protocols whose teacher outputs rule relabel writes: kd labels under
+    evaluate.teacher_outputs: stored."""
+    if cfg["evaluate"]["teacher_outputs"] != "stored":
+        return []
+    protocols = config_protocols(cfg)
+    evaluated = dict.fromkeys(name for _, name in cells(cfg))  # in order, once each
+    return [name for name in evaluated if protocols[name]["labels"] == "kd"]
+
+
+def job_list(cfg: dict) -> list[Job]:
+    """Every job of the workflow's DAG for a loaded config (teddy.config.load_config), from a
+    fresh results_dir, upstream rules first; the `all` target rule is not a job of its own.
+    workflow/rules/common.smk builds its targets from it and tests/test_jobs.py checks it against
+    a dry run; the cost scripts in benchmarks/ count it."""
+    jobs = [_job("normalisation")] if is_folder_dataset(cfg["dataset"]) else []
+    jobs += [_job("train_base", arch=arch) for arch in base_archs(cfg)]
+    for pool in used_pools(cfg):
+        if cfg["pools"][pool].get("recipe"):  # its snapshots come from its own run
+            jobs.append(_job("train_prior", pool=pool))
+        jobs += [_job("pool_member", pool=pool, member=m) for m in member_names(cfg["pools"][pool])]
+        jobs.append(_job("pool_manifest", pool=pool))
+    stored = stored_label_protocols(cfg)
+    grid = cells(cfg)
+    for method in cfg["distill"]["methods"]:
+        seeds = method_eval_seeds(cfg, method)
+        for ipc in method_ipcs(cfg["distill"], method):
+            jobs += [_job("distill", method=method, ipc=ipc, shard=k) for k in range(shard_count(cfg, method, ipc))]
+            jobs.append(_job("gather", method=method, ipc=ipc))
+            jobs += [_job("relabel", method=method, ipc=ipc, protocol=p, seed=s) for p in stored for s in seeds]
+            jobs += [_job("evaluate", method=method, ipc=ipc, arch=arch, protocol=p, seed=s)
+                     for arch, p in grid for s in seeds]
+    ceiling_seeds = [int(s) for s in (cfg.get("ceiling") or {}).get("seeds", [])]
+    jobs += [_job("ceiling", arch=arch, protocol=p, seed=s) for arch, p in grid for s in ceiling_seeds]
+    jobs.append(_job("aggregate"))
+    return jobs
+
+
+def jobs_of(jobs: list[Job], rule: str) -> list[Job]:
+    return [j for j in jobs if j.rule == rule]
 
 
 # recipe keys that set how fast a set is made, not what it is (the set does not depend on them:

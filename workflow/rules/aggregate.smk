@@ -5,8 +5,8 @@ rule aggregate:
     input:
         evals=EVAL_JSONS,
         ceilings=CEILING_JSONS,
-        manifests=[f"{R}/pool/{p}/manifest.csv" for p in used_pools()],
-        teacher=teacher_metrics(),
+        manifests=MANIFESTS,
+        teacher=BASE_METRICS,
         published=PUBLISHED_FILES,
     output:
         csv=report(f"{R}/tables/accuracy.csv", caption="../report/accuracy_csv.rst", category="Tables"),

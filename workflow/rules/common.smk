@@ -9,9 +9,9 @@ from teddy.cpus import cpu_split, fit_workers
 from teddy.errors import TeddyError
 from teddy.image_folder import is_folder_dataset
 from teddy.pool import member_names
-from teddy.protocols import cells, config_protocols, teacher_archs
+from teddy.protocols import config_protocols, teacher_archs
 from teddy.published import published_files
-from teddy.jobs import eval_cell, eval_result_path, method_eval_seeds, method_ipcs, shard_count
+from teddy.jobs import eval_cell, eval_result_path, job_list, jobs_of, shard_count
 from teddy.stages import stage
 from teddy.machine import machine_from_config
 
@@ -29,16 +29,17 @@ MACHINE = machine_from_config(config)
 NORMALISATION_FILE = config["dataset"]["normalisation_file"]
 DATA = [NORMALISATION_FILE] if is_folder_dataset(config["dataset"]) else []
 BASE_ARCH = config["base"]["arch"]
-METHOD_NAMES = list(config["distill"]["methods"])
-STUDENTS = list(config["evaluate"]["students"])
 PROTOCOLS = config_protocols(config)
-# (student, protocol) pairs: each student under each protocol that evaluates it
-CELLS = cells(config)
-CEILING_SEEDS = [int(s) for s in (config.get("ceiling") or {}).get("seeds", [])]
-CEILING_JSONS = [f"{R}/ceiling/{arch}/{protocol}/seed{seed}.json" for arch, protocol in CELLS for seed in CEILING_SEEDS]
-EVAL_JSONS = [eval_result_path(R, method, ipc, arch, protocol, seed)
-              for method in METHOD_NAMES for ipc in method_ipcs(config["distill"], method) for arch, protocol in CELLS
-              for seed in method_eval_seeds(config, method)]
+# every job of the DAG (teddy.jobs.job_list); the target lists below are its files, so the job
+# counts the cost scripts in benchmarks/ read are the workflow's own (tests/test_jobs.py)
+JOBS = job_list(config)
+CEILING_JSONS = [f"{R}/ceiling/{j['arch']}/{j['protocol']}/seed{j['seed']}.json" for j in jobs_of(JOBS, "ceiling")]
+EVAL_JSONS = [eval_result_path(R, **j.wildcard_dict) for j in jobs_of(JOBS, "evaluate")]
+# the pools with members on disk (a `fresh` pool has neither members nor manifest)
+MANIFESTS = [f"{R}/pool/{j['pool']}/manifest.csv" for j in jobs_of(JOBS, "pool_manifest")]
+# the base models' metrics (the teacher's test accuracy heads the tables) where the DAG trains any:
+# a kd protocol's teachers, or the base model a pool reads
+BASE_METRICS = [f"{R}/base/{j['arch']}/metrics.json" for j in jobs_of(JOBS, "train_base")]
 PUBLISHED = config.get("published_results") or str(Path(workflow.basedir).parent / "config" / "published")
 try:
     PUBLISHED_FILES = [str(p) for p in published_files(PUBLISHED)]
@@ -146,23 +147,7 @@ def soft_labels_if_stored(wildcards):
             f"seed{wildcards.seed}/meta.json"]
 
 
-def teacher_metrics():
-    """The base model's metrics (its test accuracy heads the tables) when the DAG trains one: a
-    kd protocol's teacher, or a method reading a pool."""
-    teachers = {arch for p in PROTOCOLS.values() for arch in teacher_archs(p, BASE_ARCH)}  # empty: no kd protocol
-    base = [f"{R}/base/{BASE_ARCH}/metrics.json"] if teachers or used_pools() else []
-    return base + [f"{R}/base/{arch}/metrics.json" for arch in sorted(teachers - {BASE_ARCH})]
-
-
-def used_pools():
-    """Pools with members on disk (and so a manifest); a `fresh` pool has neither."""
-    pools = {r["pool"] for r in config["distill"]["methods"].values() if r.get("pool")}
-    return sorted(p for p in pools if config["pools"][p]["generator"] != "fresh")
-
-
 def all_targets():
-    targets = [f"{R}/pool/{p}/manifest.csv" for p in used_pools()]
-    targets += [f"{R}/distilled/{method}/ipc{ipc}/grid.png" for method in METHOD_NAMES
-                for ipc in method_ipcs(config["distill"], method)]
+    targets = MANIFESTS + [f"{R}/distilled/{j['method']}/ipc{j['ipc']}/grid.png" for j in jobs_of(JOBS, "gather")]
     targets += [f"{R}/tables/accuracy.md", f"{R}/tables/accuracy.csv", f"{R}/tables/efficiency.csv"]
     return targets
