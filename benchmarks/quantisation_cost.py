@@ -44,6 +44,7 @@ def main() -> None:
     from teddy.models import model_from_spec
     from teddy.pool import load_model, member_names
     from teddy.protocols import config_protocol, student_spec
+    from teddy.student_run import config_student_recipe
     from teddy.train import evaluate_accuracy, fit, targets_for
 
     cfg = yaml.safe_load(Path(args.configfile).read_text())
@@ -79,7 +80,7 @@ def main() -> None:
     teacher = None if protocol["labels"] == "hard" else \
         load_model(R / "base" / cfg["base"]["arch"] / "model.pt", what="teacher (base model)")[0]
     test_set = load_split(cfg["dataset"], "test")
-    student_recipe = stages.student_recipe(cfg, len(labels), protocol["name"], args.ipc)
+    student_recipe = config_student_recipe(cfg, len(labels), protocol["name"], args.ipc)
     if args.epochs:
         student_recipe["epochs"] = args.epochs
     print(f"\n{args.method} IPC {args.ipc}, student {args.arch}, protocol {protocol['name']} "

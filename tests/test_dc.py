@@ -50,9 +50,9 @@ def test_layer_distance_is_dcs_per_unit_cosine_and_skips_1d_parameters():
     assert float(dc_match([s, bias], [r, -bias])) == pytest.approx(by_hand, rel=1e-5)
 
 
-def test_a_fresh_network_per_outer_iteration_and_inner_training_between_steps(monkeypatch):
+def test_a_fresh_matching_network_per_outer_iteration_and_inner_training_between_steps(monkeypatch):
     nets, inner = [], []
-    fresh, train = dc_module._fresh_network, dc_module._train_on_synthetic
+    fresh, train = dc_module.matching_network, dc_module._train_on_synthetic
 
     def record_fresh(task, recipe, generator):
         net = fresh(task, recipe, generator)
@@ -64,7 +64,7 @@ def test_a_fresh_network_per_outer_iteration_and_inner_training_between_steps(mo
         inner.append((epochs, len(labels)))
         return train(model, optimizer, images, labels, epochs, batch_size, generator)
 
-    monkeypatch.setattr(dc_module, "_fresh_network", record_fresh)
+    monkeypatch.setattr(dc_module, "matching_network", record_fresh)
     monkeypatch.setattr(dc_module, "_train_on_synthetic", record_train)
     result = _run({**SMALL, "outer_loop": 3, "inner_loop": 2}, ipc=2)
     assert len(nets) == SMALL["iterations"]  # one new network per outer iteration
@@ -90,7 +90,7 @@ def test_the_images_move_from_their_initialisation_and_the_run_is_seeded():
 def test_a_killed_dc_job_resumes_to_the_same_images(tmp_path, monkeypatch):
     recipe = {**SMALL, "iterations": 4, "checkpoint_every": 1, "outer_loop": 2, "inner_loop": 1}
     whole = _run(recipe, ipc=2)
-    calls, fresh = [], dc_module._fresh_network
+    calls, fresh = [], dc_module.matching_network
 
     def dies_in_the_third_iteration(task, r, generator):
         calls.append(1)
@@ -99,11 +99,11 @@ def test_a_killed_dc_job_resumes_to_the_same_images(tmp_path, monkeypatch):
         return fresh(task, r, generator)
 
     checkpoint = tmp_path / "distill.ckpt"
-    monkeypatch.setattr(dc_module, "_fresh_network", dies_in_the_third_iteration)
+    monkeypatch.setattr(dc_module, "matching_network", dies_in_the_third_iteration)
     with pytest.raises(KeyboardInterrupt):
         _run(recipe, ipc=2, checkpoint=checkpoint)
     assert checkpoint.exists()
-    monkeypatch.setattr(dc_module, "_fresh_network", fresh)
+    monkeypatch.setattr(dc_module, "matching_network", fresh)
     resumed = _run(recipe, ipc=2, checkpoint=checkpoint)
     assert torch.equal(resumed.images, whole.images)
     assert [h["iteration"] for h in resumed.log["history"]] == [h["iteration"] for h in whole.log["history"]]

@@ -26,7 +26,7 @@ def probe():
 
 
 def test_every_method_module_registers_itself():
-    assert set(METHODS) == {"teddy", "random", "sre2l", "bilevel", "herding", "import", "rded", "dc"}
+    assert set(METHODS) == {"teddy", "random", "sre2l", "bilevel", "herding", "import", "rded", "dc", "dc_pool"}
     assert {n for n in METHODS if per_batch(n)} == {"teddy", "random", "sre2l", "bilevel"}
 
 

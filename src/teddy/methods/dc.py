@@ -65,7 +65,8 @@ def dc_match(synthetic_grads, real_grads) -> torch.Tensor:
     return sum(dc_layer_distance(s, r) for s, r in zip(synthetic_grads, real_grads))
 
 
-def _fresh_network(task: DistillTask, recipe: dict, generator: torch.Generator) -> torch.nn.Module:
+def matching_network(task: DistillTask, recipe: dict, generator: torch.Generator) -> torch.nn.Module:
+    """A randomly initialised `matching_arch` (its seed drawn from `generator`), in train mode."""
     seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):  # the network's initialisation is a function of the generator
         torch.manual_seed(seed)
@@ -148,7 +149,7 @@ def distill(task: DistillTask) -> Distilled:
     log_every, ckpt_every = int(r["log_every"]), int(r["checkpoint_every"])
     began = time.perf_counter()
     for it in range(start, iterations):
-        net = _fresh_network(task, r, generator)
+        net = matching_network(task, r, generator)
         params = list(net.parameters())
         net_optimizer = torch.optim.SGD(params, lr=float(r["lr_net"]), momentum=float(r["net_momentum"]))
         total = 0.0
