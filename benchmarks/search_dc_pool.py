@@ -64,7 +64,7 @@ def val_accuracies(cfg, protocol, images, labels, class_names, info, val_set, se
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(REPO / "config" / "dc_reproduction.yaml"))
-    ap.add_argument("--candidates", nargs="+", default=["random:4", "random:16", "prior:8:50"])
+    ap.add_argument("--candidates", nargs="*", default=["random:4", "random:16", "prior:8:50"])
     ap.add_argument("--ipc", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0, help="distillation seed")

@@ -84,6 +84,25 @@ def snakemake(workdir: Path, *args, timeout=600, umask: int | None = None):
                           preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
+def dry_run(tmp_path: Path, config_file: str, edit=None) -> tuple[dict, str]:
+    """`snakemake -n` of config/<config_file> in a work folder holding a copy of config/ (as a
+    checkout does), after `edit(cfg)` where given (then the file is rewritten): (cfg, output),
+    the run checked to succeed."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(REPO / "config", work / "config")
+    path = work / "config" / config_file
+    cfg = yaml.safe_load(path.read_text())
+    if edit is not None:
+        cfg = edit(cfg)
+        path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(work, "-n", "--configfile", str(path))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    return cfg, out
+
+
 def benchmark(name: str):
     """benchmarks/<name>.py as a module (for the code a benchmark keeps to itself)."""
     import importlib.util

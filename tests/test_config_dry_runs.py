@@ -6,11 +6,10 @@ format; where a config's DAG is known, its job counts (and GPUs per rule) are ch
 from __future__ import annotations
 
 import re
-import shutil
+from pathlib import Path
 
 import pytest
-import yaml
-from fixtures import REPO, job_counts, snakemake, stand_in
+from fixtures import REPO, dry_run, job_counts, stand_in
 
 from teddy.datasets import load_split
 from teddy.jobs import method_eval_seeds, method_ipcs, shard_count
@@ -135,16 +134,11 @@ def test_the_checks_name_shipped_configs():
 
 @pytest.mark.parametrize("config_file", CONFIGS)
 def test_config_dry_runs(config_file, tmp_path):
-    work = tmp_path / "work"
-    shutil.copytree(REPO / "config", work / "config")  # present, as in a checkout
-    path = work / "config" / config_file
-    cfg = yaml.safe_load(path.read_text())
-    name = path.stem
-    if name in PAPER_CONFIGS:
+    name = Path(config_file).stem
+
+    def on_a_stand_in(cfg):
         cfg["dataset"]["root"] = str(stand_in(name, tmp_path / "data", cfg))
-        path.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(work, "-n", "--configfile", str(path))
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+        return cfg
+    cfg, out = dry_run(tmp_path, config_file, on_a_stand_in if name in PAPER_CONFIGS else None)
     if config_file in CHECKS:
         CHECKS[config_file](name, cfg, out)

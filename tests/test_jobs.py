@@ -5,12 +5,11 @@ teacher outputs are stored: normalisation and relabel jobs)."""
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 
 import pytest
 import yaml
-from fixtures import REPO, job_counts, snakemake, stand_in
+from fixtures import REPO, dry_run, job_counts, stand_in
 
 from teddy.config import load_config
 from teddy.jobs import Job, job_list
@@ -32,23 +31,15 @@ CASES = {"config.yaml": None, "calibration.yaml": None, "tiny_imagenet.yaml": pa
 
 @pytest.mark.parametrize("config_file", CASES)
 def test_job_list_counts_what_a_dry_run_schedules(config_file, tmp_path):
-    work = tmp_path / "work"
-    shutil.copytree(REPO / "config", work / "config")  # present, as in a checkout
-    path = work / "config" / config_file
-    cfg = yaml.safe_load(path.read_text())
-    if CASES[config_file]:
-        cfg = CASES[config_file](cfg, tmp_path)
-        path.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(work, "-n", "--configfile", str(path))
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
-    dry_run = job_counts(out)
-    assert dry_run.pop("all") == 1  # the target rule: no job of job_list's
+    edit = CASES[config_file]
+    cfg, out = dry_run(tmp_path, config_file, edit and (lambda cfg: edit(cfg, tmp_path)))
+    scheduled = job_counts(out)
+    assert scheduled.pop("all") == 1  # the target rule: no job of job_list's
     jobs = job_list(load_config(cfg))
-    assert dict(Counter(job.rule for job in jobs)) == dry_run
+    assert dict(Counter(job.rule for job in jobs)) == scheduled
     assert len(set(jobs)) == len(jobs)  # each job once
     if config_file == "image_folder.yaml":
-        assert dry_run["relabel"] and dry_run["normalisation"] == 1
+        assert scheduled["relabel"] and scheduled["normalisation"] == 1
 
 
 def test_a_job_names_its_rule_and_wildcards():
