@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,64 @@ def _train_on_synthetic(model, optimizer, images, labels, epochs: int, batch_siz
             optimizer.step()
 
 
+@dataclass
+class SyntheticRun:
+    """The synthetic images of a DC-style loop and their bookkeeping, as `dc` and `dc_pool` share
+    them: class-major labels, the images (noise or real initialisation), DC's SGD on them at a
+    constant lr, the loop's generator, the checkpoint and where a resumed run starts."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    checkpoint: Resumable
+    log_every: int
+    checkpoint_every: int
+    history: list = field(default_factory=list)
+    start: int = 0
+    elapsed: float = 0.0
+
+    def end_iteration(self, it: int, iterations: int, mean_loss: float, began: float) -> None:
+        """Log every `log_every` iterations and the last; checkpoint every `checkpoint_every`
+        (not after the last: the set itself is the output). `began`: when this run's loop began."""
+        if it % self.log_every == 0 or it == iterations - 1:
+            self.history.append({"iteration": it + 1, "loss": mean_loss})
+        if self.checkpoint.path is not None and (it + 1) % self.checkpoint_every == 0 and it + 1 < iterations:
+            self.checkpoint.save(self.optimizer, self.schedule, self.generator, self.history,
+                                 images=self.images.detach().cpu(), iteration=it + 1,
+                                 elapsed=self.elapsed + time.perf_counter() - began)
+
+
+def start_synthetic(task: DistillTask, per_class: list[torch.Tensor], what: str) -> SyntheticRun:
+    """The images from the run's seed (the generator draws the real choice or the noise first),
+    then the checkpoint's state when one was written under the same settings."""
+    r, classes, ipc, device = task.recipe, task.info.num_classes, int(task.ipc), task.device
+    if r["init"] not in ("real", "noise"):
+        raise TeddyError(f"unknown init '{r['init']}' (recipe key init: real or noise)")
+    generator = torch.Generator().manual_seed(int(task.seed))
+    labels = torch.arange(classes).repeat_interleave(ipc).to(device)  # class-major: [0]*ipc, [1]*ipc, ...
+    shape = (classes * ipc, task.info.channels, task.info.image_size, task.info.image_size)
+    if r["init"] == "real":
+        chosen = torch.cat([idx[torch.randperm(len(idx), generator=generator)[:ipc]] for idx in per_class])
+        images = stack_items(task.real, chosen)[0].to(device)
+    else:
+        images = torch.randn(shape, generator=generator).to(device)
+    images.requires_grad_(True)
+    optimizer = torch.optim.SGD([images], lr=float(r["lr"]), momentum=float(r["momentum"]))
+    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)  # DC's lr never moves
+    settings = {"recipe": dict(r), "ipc": ipc, "seed": int(task.seed), "name": task.seed_name}
+    checkpoint = Resumable(task.checkpoint_path, settings, "distillation checkpoint")
+    run = SyntheticRun(images, labels, optimizer, constant, generator, checkpoint, int(r["log_every"]),
+                       int(r["checkpoint_every"]))
+    state = checkpoint.load(optimizer, constant, generator)
+    if state is not None:
+        with torch.no_grad():
+            images.copy_(state["images"].to(device))
+        run.history, run.start, run.elapsed = state["history"], state["iteration"], state["elapsed"]
+        print(f"resuming {what} from {checkpoint.path} at iteration {run.start}/{r['iterations']}", file=sys.stderr)
+    return run
+
+
 def dc_work(recipe: dict, ipc: int, classes: int) -> float:
     """Image passes of one outer iteration, for costing a job: per matching step and class, the
     real batch's forward and backward and the synthetic images' through the second-order
@@ -124,31 +183,10 @@ def distill(task: DistillTask) -> Distilled:
     classes, ipc, device = task.info.num_classes, int(task.ipc), task.device
     outer_loop, inner_loop = dc_loops(ipc, r["outer_loop"], r["inner_loop"])
     iterations, batch_real = int(r["iterations"]), int(r["batch_real"])
-    if r["init"] not in ("real", "noise"):
-        raise TeddyError(f"unknown init '{r['init']}' (recipe key init: real or noise)")
-    generator = torch.Generator().manual_seed(int(task.seed))
-    labels = torch.arange(classes).repeat_interleave(ipc).to(device)  # class-major: [0]*ipc, [1]*ipc, ...
-    shape = (classes * ipc, task.info.channels, task.info.image_size, task.info.image_size)
-    if r["init"] == "real":
-        chosen = torch.cat([idx[torch.randperm(len(idx), generator=generator)[:ipc]] for idx in per_class])
-        images = stack_items(task.real, chosen)[0].to(device)
-    else:
-        images = torch.randn(shape, generator=generator).to(device)
-    images.requires_grad_(True)
-    optimizer = torch.optim.SGD([images], lr=float(r["lr"]), momentum=float(r["momentum"]))
-    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)  # DC's lr never moves
-    settings = {"recipe": dict(r), "ipc": ipc, "seed": int(task.seed), "name": task.seed_name}
-    checkpoint = Resumable(task.checkpoint_path, settings, "distillation checkpoint")
-    state = checkpoint.load(optimizer, constant, generator)
-    history, start, elapsed = [], 0, 0.0
-    if state is not None:
-        with torch.no_grad():
-            images.copy_(state["images"].to(device))
-        history, start, elapsed = state["history"], state["iteration"], state["elapsed"]
-        print(f"resuming dc from {checkpoint.path} at iteration {start}/{iterations}", file=sys.stderr)
-    log_every, ckpt_every = int(r["log_every"]), int(r["checkpoint_every"])
+    run = start_synthetic(task, per_class, "dc")
+    images, labels, optimizer, generator = run.images, run.labels, run.optimizer, run.generator
     began = time.perf_counter()
-    for it in range(start, iterations):
+    for it in range(run.start, iterations):
         net = matching_network(task, r, generator)
         params = list(net.parameters())
         net_optimizer = torch.optim.SGD(params, lr=float(r["lr_net"]), momentum=float(r["net_momentum"]))
@@ -167,16 +205,12 @@ def distill(task: DistillTask) -> Distilled:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            checkpoint.check_finite(loss.detach(), "dc", f"iteration {it + 1}, outer step {step + 1}")
+            run.checkpoint.check_finite(loss.detach(), "dc", f"iteration {it + 1}, outer step {step + 1}")
             total += float(loss.detach())
             if step < outer_loop - 1:
                 _train_on_synthetic(net, net_optimizer, images.detach().clone(), labels, inner_loop,
                                     int(r["batch_train"]), generator)
-        if it % log_every == 0 or it == iterations - 1:
-            history.append({"iteration": it + 1, "loss": total / (classes * outer_loop)})
-        if checkpoint.path is not None and (it + 1) % ckpt_every == 0 and it + 1 < iterations:
-            checkpoint.save(optimizer, constant, generator, history, images=images.detach().cpu(),
-                            iteration=it + 1, elapsed=elapsed + time.perf_counter() - began)
-    seconds = elapsed + time.perf_counter() - began
+        run.end_iteration(it, iterations, total / (classes * outer_loop), began)
+    seconds = run.elapsed + time.perf_counter() - began
     return Distilled(images.detach().cpu(), labels.cpu(),
-                     {"history": history, "seconds": seconds, "outer_loop": outer_loop, "inner_loop": inner_loop})
+                     {"history": run.history, "seconds": seconds, "outer_loop": outer_loop, "inner_loop": inner_loop})

@@ -27,20 +27,17 @@ the same pool; the loop's generator (member draws) and the images are checkpoint
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 
 import torch
 
-from teddy.data import stack_items
 from teddy.errors import TeddyError
 from teddy.methods.base import Distilled, DistillTask, real_indices_per_class
-from teddy.methods.dc import RECIPE_KEYS as DC_KEYS, dc_loops, dc_match, matching_network
+from teddy.methods.dc import RECIPE_KEYS as DC_KEYS, dc_loops, dc_match, matching_network, start_synthetic
 from teddy.methods.registry import register_method
 from teddy.methods.teddy import class_gradients, real_gradients
 from teddy.models import build_model
 from teddy.pool import FreshModelPool, WeakPool
-from teddy.resume import Resumable
 
 POOL_KINDS = ("random", "prior")
 
@@ -97,37 +94,15 @@ def distill(task: DistillTask) -> Distilled:
     classes, ipc, device = task.info.num_classes, int(task.ipc), task.device
     outer_loop, _ = dc_loops(ipc, r["outer_loop"], 0)
     iterations = int(r["iterations"])
-    if r["init"] not in ("real", "noise"):
-        raise TeddyError(f"unknown init '{r['init']}' (recipe key init: real or noise)")
-    began = time.perf_counter()
+    run = start_synthetic(task, per_class, "dc_pool")  # checks init before the pool is built
+    images, optimizer, generator = run.images, run.optimizer, run.generator
+    began = time.perf_counter()  # the pool has its own generator: built after the images, it is the same pool
     pool_generator = torch.Generator().manual_seed(pool_seed(task.seed))
     pool = build_matching_pool(task, r, pool_generator)
     cache = real_gradients(pool, task.real, classes, int(r["batch_real"]), pool_generator, device)["grads"]
     pool_seconds = time.perf_counter() - began
-
-    generator = torch.Generator().manual_seed(int(task.seed))
-    labels = torch.arange(classes).repeat_interleave(ipc).to(device)  # class-major, as dc
-    if r["init"] == "real":
-        chosen = torch.cat([idx[torch.randperm(len(idx), generator=generator)[:ipc]] for idx in per_class])
-        images = stack_items(task.real, chosen)[0].to(device)
-    else:
-        images = torch.randn(classes * ipc, task.info.channels, task.info.image_size, task.info.image_size,
-                             generator=generator).to(device)
-    images.requires_grad_(True)
-    optimizer = torch.optim.SGD([images], lr=float(r["lr"]), momentum=float(r["momentum"]))
-    constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
-    settings = {"recipe": dict(r), "ipc": ipc, "seed": int(task.seed), "name": task.seed_name}
-    checkpoint = Resumable(task.checkpoint_path, settings, "distillation checkpoint")
-    state = checkpoint.load(optimizer, constant, generator)
-    history, start, elapsed = [], 0, 0.0
-    if state is not None:
-        with torch.no_grad():
-            images.copy_(state["images"].to(device))
-        history, start, elapsed = state["history"], state["iteration"], state["elapsed"]
-        print(f"resuming dc_pool from {checkpoint.path} at iteration {start}/{iterations}", file=sys.stderr)
     loop_began = time.perf_counter()
-    log_every, ckpt_every = int(r["log_every"]), int(r["checkpoint_every"])
-    for it in range(start, iterations):
+    for it in range(run.start, iterations):
         total = 0.0
         for step in range(outer_loop):
             member = pool.index(it, generator)
@@ -139,14 +114,10 @@ def distill(task: DistillTask) -> Distilled:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            checkpoint.check_finite(loss.detach(), "dc_pool", f"iteration {it + 1}, outer step {step + 1}")
+            run.checkpoint.check_finite(loss.detach(), "dc_pool", f"iteration {it + 1}, outer step {step + 1}")
             total += float(loss.detach())
-        if it % log_every == 0 or it == iterations - 1:
-            history.append({"iteration": it + 1, "loss": total / (classes * outer_loop)})
-        if checkpoint.path is not None and (it + 1) % ckpt_every == 0 and it + 1 < iterations:
-            checkpoint.save(optimizer, constant, generator, history, images=images.detach().cpu(),
-                            iteration=it + 1, elapsed=elapsed + time.perf_counter() - loop_began)
-    loop_seconds = elapsed + time.perf_counter() - loop_began
-    return Distilled(images.detach().cpu(), labels.cpu(),
-                     {"history": history, "seconds": pool_seconds + loop_seconds, "pool_seconds": pool_seconds,
+        run.end_iteration(it, iterations, total / (classes * outer_loop), loop_began)
+    loop_seconds = run.elapsed + time.perf_counter() - loop_began
+    return Distilled(images.detach().cpu(), run.labels.cpu(),
+                     {"history": run.history, "seconds": pool_seconds + loop_seconds, "pool_seconds": pool_seconds,
                       "loop_seconds": loop_seconds, "outer_loop": outer_loop, "pool": list(pool.names)})
