@@ -113,6 +113,28 @@ def benchmark(name: str):
     return module
 
 
+def killed_then_resumed(run, module, name: str, kill_at_call: int, checkpoint: Path, monkeypatch):
+    """Runs `run(checkpoint)` with `module.name` raising KeyboardInterrupt at its `kill_at_call`-th
+    call (a job killed mid-run), checks a checkpoint was left, then runs it again unpatched from
+    that checkpoint and returns the resumed result."""
+    import pytest
+
+    original, calls = getattr(module, name), []
+
+    def dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == kill_at_call:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint)
+    assert checkpoint.exists() and len(calls) == kill_at_call
+    monkeypatch.setattr(module, name, original)
+    return run(checkpoint)
+
+
 def job_counts(output: str) -> dict[str, int]:
     """rule -> number of jobs, from the "Job stats:" table of a (dry) run's output."""
     table = output.split("Job stats:", 1)[1]

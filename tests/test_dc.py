@@ -4,6 +4,7 @@ network per outer iteration, the inner training on the synthetic set, and resumi
 
 import pytest
 import torch
+from fixtures import killed_then_resumed
 
 from teddy.data import DatasetInfo, TensorImageDataset
 from teddy.errors import TeddyError
@@ -90,21 +91,9 @@ def test_the_images_move_from_their_initialisation_and_the_run_is_seeded():
 def test_a_killed_dc_job_resumes_to_the_same_images(tmp_path, monkeypatch):
     recipe = {**SMALL, "iterations": 4, "checkpoint_every": 1, "outer_loop": 2, "inner_loop": 1}
     whole = _run(recipe, ipc=2)
-    calls, fresh = [], dc_module.matching_network
-
-    def dies_in_the_third_iteration(task, r, generator):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        return fresh(task, r, generator)
-
-    checkpoint = tmp_path / "distill.ckpt"
-    monkeypatch.setattr(dc_module, "matching_network", dies_in_the_third_iteration)
-    with pytest.raises(KeyboardInterrupt):
-        _run(recipe, ipc=2, checkpoint=checkpoint)
-    assert checkpoint.exists()
-    monkeypatch.setattr(dc_module, "matching_network", fresh)
-    resumed = _run(recipe, ipc=2, checkpoint=checkpoint)
+    # a fresh matching network per iteration: dies at the start of the third
+    resumed = killed_then_resumed(lambda ckpt: _run(recipe, ipc=2, checkpoint=ckpt), dc_module, "matching_network",
+                                  3, tmp_path / "distill.ckpt", monkeypatch)
     assert torch.equal(resumed.images, whole.images)
     assert [h["iteration"] for h in resumed.log["history"]] == [h["iteration"] for h in whole.log["history"]]
 

@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from fixtures import killed_then_resumed
 
 from teddy.errors import TeddyError
 from teddy.methods import DistillTask, full_recipe, get_method
@@ -79,21 +80,9 @@ def test_the_images_move_and_the_run_is_seeded():
 def test_a_killed_dc_pool_job_resumes_to_the_same_images(tmp_path, monkeypatch):
     recipe = {**SMALL, "iterations": 5, "checkpoint_every": 1, "outer_loop": 2}
     whole = _run(recipe, ipc=2)
-    calls, match = [], dc_pool_module.dc_match
-
-    def dies_in_the_fourth_iteration(s, r):
-        calls.append(1)
-        if len(calls) == 2 * 3 * 3 + 1:  # 2 steps x 3 classes per iteration
-            raise KeyboardInterrupt("killed")
-        return match(s, r)
-
-    checkpoint = tmp_path / "distill.ckpt"
-    monkeypatch.setattr(dc_pool_module, "dc_match", dies_in_the_fourth_iteration)
-    with pytest.raises(KeyboardInterrupt):
-        _run(recipe, ipc=2, checkpoint=checkpoint)
-    assert checkpoint.exists()
-    monkeypatch.setattr(dc_pool_module, "dc_match", match)
-    resumed = _run(recipe, ipc=2, checkpoint=checkpoint)
+    # 2 steps x 3 classes per iteration: dies inside the fourth iteration
+    resumed = killed_then_resumed(lambda ckpt: _run(recipe, ipc=2, checkpoint=ckpt), dc_pool_module, "dc_match",
+                                  2 * 3 * 3 + 1, tmp_path / "distill.ckpt", monkeypatch)
     assert torch.equal(resumed.images, whole.images)
     assert [h["iteration"] for h in resumed.log["history"]] == [h["iteration"] for h in whole.log["history"]]
 
