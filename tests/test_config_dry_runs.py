@@ -122,10 +122,24 @@ def check_dc_reproduction(name: str, cfg: dict, out: str) -> None:
     assert "eval/dc_seed1/ipc1/convnet/dc/seed4.json" in out
 
 
+def check_dc_pool(name: str, cfg: dict, out: str) -> None:
+    """DC's recipe with a cached pool of 4 random networks: two sets at IPC 1, one at IPC 10, five
+    networks each under the dc protocol, and no base model or shared pool."""
+    assert cfg["evaluate"]["protocols"] == ["dc"] and cfg["distill"]["ipc"] == [1, 10]
+    assert {(m["method"], m["pool_kind"], m["pool_size"]) for m in cfg["distill"]["methods"].values()} \
+        == {("dc_pool", "random", 4)}
+    counts = job_counts(out)
+    assert counts["distill"] == 3 and counts["evaluate"] == 3 * 5
+    assert "train_base" not in counts and "pool_member" not in counts
+    assert "eval/dc_pool_random4/ipc10/convnet/dc/seed4.json" in out
+    assert "dc_pool_random4_seed1/ipc10" not in out
+
+
 CHECKS = {**{f"{name}.yaml": check_paper_config for name in PAPER_CONFIGS},
           "fashion_mnist_paper.yaml": check_fashion_mnist_paper, "ablations/pool.yaml": check_pool_ablation,
           "calibration.yaml": check_calibration, "calibration_mnist.yaml": check_calibration,
-          "dc_comparison.yaml": check_dc_comparison, "dc_reproduction.yaml": check_dc_reproduction}
+          "dc_comparison.yaml": check_dc_comparison, "dc_reproduction.yaml": check_dc_reproduction,
+          "dc_pool.yaml": check_dc_pool}
 
 
 def test_the_checks_name_shipped_configs():
