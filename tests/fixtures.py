@@ -113,6 +113,22 @@ def benchmark(name: str):
     return module
 
 
+def job_list_matches_dry_run(cfg: dict, out: str) -> dict[str, int]:
+    """teddy.jobs.job_list is the workflow's DAG: per rule, as many jobs as the dry run `out` of
+    `cfg` scheduled, each job once. Returns the scheduled counts (without rule all)."""
+    from collections import Counter
+
+    from teddy.config import load_config
+    from teddy.jobs import job_list
+
+    scheduled = job_counts(out)
+    assert scheduled.pop("all") == 1  # the target rule: no job of job_list's
+    jobs = job_list(load_config(cfg))
+    assert dict(Counter(job.rule for job in jobs)) == scheduled
+    assert len(set(jobs)) == len(jobs)
+    return scheduled
+
+
 def killed_then_resumed(run, module, name: str, kill_at_call: int, checkpoint: Path, monkeypatch):
     """Runs `run(checkpoint)` with `module.name` raising KeyboardInterrupt at its `kill_at_call`-th
     call (a job killed mid-run), checks a checkpoint was left, then runs it again unpatched from

@@ -1,7 +1,8 @@
 """Every shipped config file dry-runs as a user starts it (`snakemake -n --configfile
 config/<name>.yaml`, in a work directory holding the repository's config/ folder), the paper
 configs with the dataset root pointing at a tiny stand-in written in the dataset's real on-disk
-format; where a config's DAG is known, its job counts (and GPUs per rule) are checked too."""
+format; where a config's DAG is known, its job counts (and GPUs per rule) are checked too, and for
+every config teddy.jobs.job_list lists the jobs the dry run schedules."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from fixtures import REPO, dry_run, job_counts, stand_in
+from fixtures import REPO, dry_run, job_counts, job_list_matches_dry_run, stand_in
 
 from teddy.datasets import load_split
 from teddy.jobs import method_eval_seeds, method_ipcs, shard_count
@@ -156,3 +157,4 @@ def test_config_dry_runs(config_file, tmp_path):
     cfg, out = dry_run(tmp_path, config_file, on_a_stand_in if name in PAPER_CONFIGS else None)
     if config_file in CHECKS:
         CHECKS[config_file](name, cfg, out)
+    job_list_matches_dry_run(cfg, out)

@@ -1,45 +1,25 @@
 """teddy.jobs.job_list is the workflow's DAG: per rule, as many jobs as a Snakemake dry run of
-the same config schedules (the demo config, the calibration config with its per-method IPCs and
-student seeds, a paper config on a stand-in dataset, and a class-folder config whose kd protocol's
-teacher outputs are stored: normalisation and relabel jobs)."""
+the same config schedules. Every shipped config is checked in tests/test_config_dry_runs.py; here
+a class-folder config whose kd protocol's teacher outputs are stored (normalisation and relabel
+jobs), and the jobs' names."""
 
 from __future__ import annotations
 
-from collections import Counter
-
-import pytest
 import yaml
-from fixtures import REPO, dry_run, job_counts, stand_in
+from fixtures import REPO, dry_run, job_list_matches_dry_run
 
 from teddy.config import load_config
 from teddy.jobs import Job, job_list
 
 
-def stored_teacher_outputs(cfg: dict, tmp_path) -> dict:
+def stored_teacher_outputs(cfg: dict) -> dict:
     cfg["evaluate"]["teacher_outputs"] = "stored"
     return cfg
 
 
-def paper_stand_in(cfg: dict, tmp_path) -> dict:
-    cfg["dataset"]["root"] = str(stand_in("tiny_imagenet", tmp_path / "data", cfg))
-    return cfg
-
-
-CASES = {"config.yaml": None, "calibration.yaml": None, "tiny_imagenet.yaml": paper_stand_in,
-         "image_folder.yaml": stored_teacher_outputs}
-
-
-@pytest.mark.parametrize("config_file", CASES)
-def test_job_list_counts_what_a_dry_run_schedules(config_file, tmp_path):
-    edit = CASES[config_file]
-    cfg, out = dry_run(tmp_path, config_file, edit and (lambda cfg: edit(cfg, tmp_path)))
-    scheduled = job_counts(out)
-    assert scheduled.pop("all") == 1  # the target rule: no job of job_list's
-    jobs = job_list(load_config(cfg))
-    assert dict(Counter(job.rule for job in jobs)) == scheduled
-    assert len(set(jobs)) == len(jobs)  # each job once
-    if config_file == "image_folder.yaml":
-        assert scheduled["relabel"] and scheduled["normalisation"] == 1
+def test_job_list_counts_stored_teacher_outputs_jobs(tmp_path):
+    scheduled = job_list_matches_dry_run(*dry_run(tmp_path, "image_folder.yaml", stored_teacher_outputs))
+    assert scheduled["relabel"] and scheduled["normalisation"] == 1
 
 
 def test_a_job_names_its_rule_and_wildcards():
