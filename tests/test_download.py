@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures import write_fashion_mnist
+from fixtures import tiny_config, write_fashion_mnist
 from torchvision.datasets import FashionMNIST
 
 from teddy.data import _normalise, read_idx
@@ -190,3 +190,19 @@ def test_command_line_strings_become_the_schemas_scalars():
                               "train_limit": None, "split_seed": 3, "download_mirror": "http://m/"}
     assert cfg["distill"]["ipc"] == [1, 10]
     assert coerce_strings({"dataset": {"download": "maybe"}}, schema)["dataset"]["download"] == "maybe"
+
+
+def test_command_line_strings_of_a_methods_own_keys_become_its_scalars(tmp_path):
+    """`--config 'distill={methods: {p: {method: dc_pool, pool_size: 4}}}'`: pool_size is a key of
+    dc_pool's own recipe (not the schema's), read as the integer it spells; a bad one names it."""
+    from teddy.config import load_config
+
+    def with_pool_size(size: str) -> dict:
+        cfg = tiny_config(tmp_path)
+        cfg["distill"]["methods"] = {"p": {"method": "dc_pool", "pool_size": size, "lr": "0.05", "pool_kind": "random"}}
+        return cfg
+
+    recipe = load_config(with_pool_size("4"))["distill"]["methods"]["p"]
+    assert recipe["pool_size"] == 4 and recipe["lr"] == 0.05 and recipe["pool_kind"] == "random"
+    with pytest.raises(TeddyError, match=r"distill\.methods\.p\.pool_size"):
+        load_config(with_pool_size("four"))

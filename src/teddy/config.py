@@ -102,13 +102,15 @@ def check_config(cfg: dict, schema: dict | None = None) -> None:
 def check_methods(cfg: dict, image_size: int, smallest: tuple | None, schema: dict) -> None:
     """Each recipe against its method's entry (teddy.methods.registry.Method): the recipe keys
     every method shares (the schema's distill.methods) plus the method's own `recipe_keys`, none
-    other; then the method's own `check`."""
+    other, strings from --config first read as the scalars those keys ask for; then the method's
+    own `check`."""
     shared = schema["properties"]["distill"]["properties"]["methods"]["additionalProperties"]["properties"]
     for name, recipe in cfg["distill"]["methods"].items():
         key = f"distill.methods.{name}"
         method = METHODS.lookup(recipe["method"], key=f"{key}.method")
         recipe_schema = {"type": "object", "additionalProperties": False,
                          "properties": {**shared, **method.recipe_keys}, "definitions": schema["definitions"]}
+        coerce_strings(recipe, recipe_schema)  # --config strings of the method's own keys (the schema's are done)
         errors = sorted(Draft202012Validator(recipe_schema).iter_errors(recipe), key=lambda e: list(e.absolute_path))
         if errors:
             e = errors[0]
