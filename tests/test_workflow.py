@@ -100,6 +100,9 @@ def test_outputs_honour_umask_022(tmp_path):
     data = write_fashion_mnist(tmp_path / "data", n_train=100, n_test=20)
     cfg = tiny_config(data)
     cfg["distill"]["ipc"] = [1]
+    # random only: every kind of output (base, set, shard, student, table) without the pool's jobs,
+    # whose modes the umask-002 run above checks
+    cfg["distill"]["methods"] = {"random": cfg["distill"]["methods"]["random"]}
     cfg["evaluate"]["students"], cfg["evaluate"]["seeds"] = ["convnet"], [0]
     set_protocol(cfg, epochs=1)
     work = write_workdir(tmp_path / "work", cfg)
