@@ -88,6 +88,12 @@ def test_the_images_move_from_their_initialisation_and_the_run_is_seeded():
     assert all(any(torch.allclose(img, p, atol=1e-5) for p in pool) for img in real.images)
 
 
+def test_the_loop_shows_its_progress_on_stderr(capsys):
+    _run(SMALL)
+    err = capsys.readouterr().err
+    assert "dc ipc1" in err and f"{SMALL['iterations']}/{SMALL['iterations']}" in err and "loss=" in err
+
+
 def test_a_killed_dc_job_resumes_to_the_same_images(tmp_path, monkeypatch):
     recipe = {**SMALL, "iterations": 4, "checkpoint_every": 1, "outer_loop": 2, "inner_loop": 1}
     whole = _run(recipe, ipc=2)

@@ -77,12 +77,16 @@ def test_the_images_move_and_the_run_is_seeded():
     assert torch.equal(moved, _run(SMALL).images) and not torch.equal(moved, _run(SMALL, seed=1).images)
 
 
-def test_a_killed_dc_pool_job_resumes_to_the_same_images(tmp_path, monkeypatch):
+def test_a_killed_dc_pool_job_resumes_to_the_same_images(tmp_path, monkeypatch, capsys):
     recipe = {**SMALL, "iterations": 5, "checkpoint_every": 1, "outer_loop": 2}
     whole = _run(recipe, ipc=2)
     # 2 steps x 3 classes per iteration: dies inside the fourth iteration
+    capsys.readouterr()
     resumed = killed_then_resumed(lambda ckpt: _run(recipe, ipc=2, checkpoint=ckpt), dc_pool_module, "dc_match",
                                   2 * 3 * 3 + 1, tmp_path / "distill.ckpt", monkeypatch)
+    # the progress bar counts from where the resumed run starts, up to the end
+    err = capsys.readouterr().err.split("resuming dc_pool from", 1)[1]
+    assert "dc_pool ipc2:  60%" in err and "5/5" in err
     assert torch.equal(resumed.images, whole.images)
     assert [h["iteration"] for h in resumed.log["history"]] == [h["iteration"] for h in whole.log["history"]]
 

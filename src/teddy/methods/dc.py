@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from teddy.data import stack_items
 from teddy.errors import TeddyError
@@ -105,12 +106,22 @@ class SyntheticRun:
     history: list = field(default_factory=list)
     start: int = 0
     elapsed: float = 0.0
+    bar: tqdm | None = None
+
+    def progress(self, iterations: int, desc: str) -> tqdm:
+        """The iterations left (from where a resumed run starts), as a progress bar on stderr:
+        the job's log shows how far a run of hours has got."""
+        self.bar = tqdm(range(self.start, iterations), desc=desc, file=sys.stderr, mininterval=5,
+                        initial=self.start, total=iterations)
+        return self.bar
 
     def end_iteration(self, it: int, iterations: int, mean_loss: float, began: float) -> None:
         """Log every `log_every` iterations and the last; checkpoint every `checkpoint_every`
         (not after the last: the set itself is the output). `began`: when this run's loop began."""
         if it % self.log_every == 0 or it == iterations - 1:
             self.history.append({"iteration": it + 1, "loss": mean_loss})
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
         if self.checkpoint.path is not None and (it + 1) % self.checkpoint_every == 0 and it + 1 < iterations:
             self.checkpoint.save(self.optimizer, self.schedule, self.generator, self.history,
                                  images=self.images.detach().cpu(), iteration=it + 1,
@@ -186,7 +197,7 @@ def distill(task: DistillTask) -> Distilled:
     run = start_synthetic(task, per_class, "dc")
     images, labels, optimizer, generator = run.images, run.labels, run.optimizer, run.generator
     began = time.perf_counter()
-    for it in range(run.start, iterations):
+    for it in run.progress(iterations, f"dc ipc{ipc}"):
         net = matching_network(task, r, generator)
         params = list(net.parameters())
         net_optimizer = torch.optim.SGD(params, lr=float(r["lr_net"]), momentum=float(r["net_momentum"]))

@@ -102,7 +102,7 @@ def distill(task: DistillTask) -> Distilled:
     cache = real_gradients(pool, task.real, classes, int(r["batch_real"]), pool_generator, device)["grads"]
     pool_seconds = time.perf_counter() - began
     loop_began = time.perf_counter()
-    for it in range(run.start, iterations):
+    for it in run.progress(iterations, f"dc_pool ipc{ipc}"):
         total = 0.0
         for step in range(outer_loop):
             member = pool.index(it, generator)
